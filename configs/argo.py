@@ -1,0 +1,126 @@
+"""DenseTNT on Argoverse 1.1, with the seed values of HAT's tutorial.
+
+Full data (after downloading Argoverse 1.1 to ARGO_DIR):
+
+  python bin/argoverse_packer.py --src-data-dir ARGO_DIR --mode train --pack-type lmdb \
+      --num-workers 10 --target-data-dir data/argoverse1_lmdb
+  python bin/argoverse_packer.py --src-data-dir ARGO_DIR --mode val --pack-type lmdb \
+      --num-workers 10 --target-data-dir data/argoverse1_lmdb
+  python bin/train.py --stage=float --config=configs/argo.py
+  python bin/eval.py --stage=float --config=configs/argo.py
+
+Variants (`--config=configs/argo.py:VARIANT`):
+  demo    the synthetic city written by `make demo` (data/synthetic_city), a schedule that trains in
+          minutes on 2 CPU cores.
+  sample  the real Argoverse 1.1 sample in ../shared/data/argoverse1 (244 train -> 99 val).
+  tiny    a very small model and schedule, for tests.
+"""
+import os
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir = "runs/argo"
+
+  # --- data: raw files, packed LMDB, vectorization settings (stored in the LMDB and checked on load) ---
+  c.data = d = ml_collections.ConfigDict()
+  d.src_dir = "data/argoverse1"          # official layout: {train,val,test_obs}/data/*.csv + map_files/
+  d.lmdb_dir = "data/argoverse1_lmdb"    # holds {train,val,test}_lmdb
+  d.train_split = "train"
+  d.val_split = "val"
+  d.obs_steps = 20                       # observed steps; the agent frame is centred at step obs_steps - 1
+  d.pred_steps = 30
+  d.max_distance = 50.0                  # metres around the agent for trajectories and lanes
+  d.max_traj_num = 32
+  d.max_lane_num = 64
+  d.max_goals_num = 2048
+  d.lane_points = 10                     # centerline points per lane polyline (9 vectors)
+  d.lane_piece_max_length = 25.0         # longer lanes are split into pieces of at most this length (m)
+  d.goal_spacing = 1.0                   # goal candidates every <= this many metres along centerlines
+  d.heading_steps = 5                    # heading from the mean displacement over this many last steps
+  d.num_workers = 2                      # loader prefetch threads
+  d.prefetch = 4                         # batches queued ahead
+
+  # --- model (HAT: Vectornet + Densetnt) ---
+  c.model = m = ml_collections.ConfigDict()
+  m.depth = 3
+  m.traj_in_channels = 9
+  m.lane_in_channels = 11
+  m.hidden_size = 128
+  m.num_heads = 1
+  m.num_traj = 32                         # = data.max_traj_num
+  m.target_graph_depth = 2
+  m.pred_steps = 30
+  m.top_k = 150
+  m.goal_offset = False                  # optional goal offset regression head
+
+  c.postprocess = p = ml_collections.ConfigDict()
+  p.threshold = 2.0
+  p.pred_steps = 30
+  p.mode_num = 6
+
+  c.loss = l = ml_collections.ConfigDict()
+  l.goal_weight = 1.0
+  l.traj_weight = 1.0
+  l.offset_weight = 1.0
+
+  # --- float training (HAT seed: AdamW 1e-3, wd 0.01, cosine, 1 warm-up epoch, 30 epochs) ---
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 64                      # global batch, split over all devices
+  t.eval_batch_size = 64
+  t.epochs = 30
+  t.warmup_epochs = 1
+  t.learning_rate = 1e-3
+  t.b1 = 0.9
+  t.b2 = 0.999
+  t.eps = 1e-8
+  t.weight_decay = 0.01
+  t.log_every_steps = 50
+  t.eval_every_epochs = 1
+  t.checkpoint_every_steps = 1000
+  t.keep_checkpoints = 3
+  t.eval_max_batches = -1                # -1: the whole val split
+  t.tensorboard = False
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.miss_threshold = 2.0
+  e.k = 6
+
+  if variant == "demo":
+    c.workdir = "runs/demo"
+    d.src_dir = "data/synthetic_city"
+    d.lmdb_dir = "data/synthetic_lmdb"
+    t.batch_size = 32
+    t.eval_batch_size = 64
+    t.epochs = 12
+    t.log_every_steps = 10
+    t.checkpoint_every_steps = 200
+  elif variant == "sample":
+    c.workdir = "runs/sample"
+    d.src_dir = os.environ.get("ARGOVERSE1_SHARED", "../shared/data/argoverse1")
+    d.lmdb_dir = "data/sample_lmdb"
+    t.batch_size = 16
+    t.eval_batch_size = 33
+    t.epochs = 10
+    t.log_every_steps = 5
+    t.checkpoint_every_steps = 100
+  elif variant == "tiny":
+    c.workdir = "runs/tiny"
+    d.max_traj_num = 8
+    d.max_lane_num = 16
+    d.max_goals_num = 256
+    m.depth = 1
+    m.hidden_size = 16
+    m.num_traj = 8
+    m.target_graph_depth = 1
+    m.top_k = 16
+    t.batch_size = 4
+    t.eval_batch_size = 4
+    t.epochs = 1
+    t.log_every_steps = 1
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}; expected one of demo, sample, tiny")
+  return c
