@@ -1,0 +1,44 @@
+"""Packs Argoverse 1.1 forecasting CSVs + map_files into LMDB (HAT's argoverse_packer.py command line).
+
+  python bin/argoverse_packer.py --src-data-dir ARGO_DIR --mode train --pack-type lmdb \
+      --num-workers 10 --target-data-dir data/argoverse1_lmdb [--config=configs/argo.py]
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from densetnt_jax.data.pack import pack_split
+
+flags.DEFINE_string("src_data_dir", None, "Argoverse 1.1 root: {train,val,test_obs}/data/*.csv, map_files/.",
+                    required=True)
+flags.DEFINE_enum("mode", "train", ["train", "val", "test"], "Split to pack.")
+flags.DEFINE_enum("pack_type", "lmdb", ["lmdb"], "Output format (LMDB only).")
+flags.DEFINE_integer("num_workers", 4, "Worker processes.")
+flags.DEFINE_string("target_data_dir", None, "Output root; writes {mode}_lmdb there.", required=True)
+flags.DEFINE_integer("shard_index", 0, "This machine's shard (with --num_shards).")
+flags.DEFINE_integer("num_shards", 1, "Split the files over this many independent packer runs.")
+config_flags.DEFINE_config_file("config", "configs/argo.py", "Config whose `data` section sets vectorization.")
+
+
+def main(argv):
+  del argv
+  cfg = flags.FLAGS.config
+  summary = pack_split(flags.FLAGS.src_data_dir, flags.FLAGS.mode, flags.FLAGS.target_data_dir, cfg.data,
+                       num_workers=flags.FLAGS.num_workers, shard_index=flags.FLAGS.shard_index,
+                       num_shards=flags.FLAGS.num_shards)
+  print(summary.format())
+  return 0
+
+
+def _underscore_flag(arg: str) -> str:
+  """HAT spells flags with dashes (--src-data-dir); absl uses underscores. Accept both."""
+  if not arg.startswith("--"):
+    return arg
+  name, eq, value = arg[2:].partition("=")
+  return "--" + name.replace("-", "_") + eq + value
+
+
+if __name__ == "__main__":
+  sys.argv = [sys.argv[0]] + [_underscore_flag(a) for a in sys.argv[1:]]
+  app.run(main)

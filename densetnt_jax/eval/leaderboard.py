@@ -1,0 +1,86 @@
+"""Argoverse 1 forecasting leaderboard file, as argoverse-api's `generate_forecasting_h5` writes it.
+
+One HDF5 dataset `argoverse_forecasting` of float64 rows `[seq_id, x, y, prob]` (x, y rounded to float32 first,
+as the reference does), 30 rows per trajectory, 6 trajectories per sequence, city coordinates, gzip level 9
+(h5py picks the chunks, as in the reference). Rows are sorted by seq_id; within a sequence the trajectories
+keep the given order. The writer refuses incomplete submissions rather than write a file the server rejects.
+"""
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+DATASET = "argoverse_forecasting"
+NUM_MODES = 6
+FUTURE_STEPS = 30
+
+
+def _ids_text(ids, limit: int = 5) -> str:
+  ids = sorted(int(i) for i in ids)
+  more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+  return ", ".join(str(i) for i in ids[:limit]) + more
+
+
+def write_leaderboard_h5(path: str, trajs_by_seq: dict[int, np.ndarray], probs_by_seq: dict[int, np.ndarray],
+                         expected_seq_ids=None) -> None:
+  """Writes `{seq_id: (6,30,2) city xy}` and `{seq_id: (6,)}` probabilities to `path`.
+
+  Raises ValueError (and writes nothing) if a sequence of `expected_seq_ids` is missing or one not expected
+  is present, if trajectories and probabilities cover different sequences, or if a sequence does not hold
+  exactly 6 trajectories of 30 finite steps with 6 finite probabilities.
+  """
+  traj_ids, prob_ids = {int(s) for s in trajs_by_seq}, {int(s) for s in probs_by_seq}
+  if traj_ids != prob_ids:
+    raise ValueError(f"{path}: trajectories and probabilities cover different sequences: only trajectories for "
+                     f"[{_ids_text(traj_ids - prob_ids)}], only probabilities for [{_ids_text(prob_ids - traj_ids)}]")
+  if expected_seq_ids is not None:
+    expected = {int(s) for s in expected_seq_ids}
+    missing, extra = expected - traj_ids, traj_ids - expected
+    if missing:
+      raise ValueError(f"{path}: {len(missing)} of {len(expected)} expected sequences have no prediction: "
+                       f"[{_ids_text(missing)}]; predict every sequence of the split before writing")
+    if extra:
+      raise ValueError(f"{path}: {len(extra)} sequences are not in the expected split: [{_ids_text(extra)}]")
+  if not traj_ids:
+    raise ValueError(f"{path}: no sequences to write")
+  rows = []
+  for seq_id in sorted(trajs_by_seq, key=int):
+    trajs_KxFx2 = np.asarray(trajs_by_seq[seq_id], np.float64)
+    probs_K = np.asarray(probs_by_seq[seq_id], np.float64).reshape(-1)
+    if trajs_KxFx2.shape != (NUM_MODES, FUTURE_STEPS, 2) or probs_K.shape != (NUM_MODES,):
+      raise ValueError(f"{path}: sequence {seq_id} has trajectories {trajs_KxFx2.shape} and probabilities "
+                       f"{probs_K.shape}; the leaderboard needs ({NUM_MODES}, {FUTURE_STEPS}, 2) and ({NUM_MODES},)")
+    if not (np.isfinite(trajs_KxFx2).all() and np.isfinite(probs_K).all()):
+      raise ValueError(f"{path}: sequence {seq_id} has non-finite trajectories or probabilities")
+    xy_Rx2 = trajs_KxFx2.astype(np.float32).astype(np.float64).reshape(-1, 2)
+    rows.append(np.concatenate([np.full((len(xy_Rx2), 1), float(int(seq_id))), xy_Rx2,
+                                np.repeat(probs_K, FUTURE_STEPS)[:, None]], axis=1))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with h5py.File(path, "w") as f:
+    f.create_dataset(DATASET, data=np.concatenate(rows, axis=0), compression="gzip", compression_opts=9)
+
+
+def read_leaderboard_h5(path: str) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+  """Reads a leaderboard file back: `{seq_id: (K,30,2)}` and `{seq_id: (K,)}` (uniform if it has no prob column)."""
+  with h5py.File(path, "r") as f:
+    if DATASET not in f:
+      raise ValueError(f"{path}: no dataset {DATASET!r} (found {list(f.keys())})")
+    data_Rx4 = np.asarray(f[DATASET][()], np.float64)
+  if data_Rx4.ndim != 2 or data_Rx4.shape[1] not in (3, 4):
+    raise ValueError(f"{path}: {DATASET} has shape {data_Rx4.shape}; expected rows [seq_id, x, y(, prob)]")
+  seq_R = data_Rx4[:, 0].astype(np.int64)
+  order_R = np.argsort(seq_R, kind="stable")
+  ids, starts = np.unique(seq_R[order_R], return_index=True)
+  trajs_by_seq, probs_by_seq = {}, {}
+  for seq_id, rows_Rx4 in zip(ids, np.split(data_Rx4[order_R], starts[1:])):
+    if len(rows_Rx4) % FUTURE_STEPS:
+      raise ValueError(f"{path}: sequence {seq_id} has {len(rows_Rx4)} rows, not a multiple of {FUTURE_STEPS}")
+    k = len(rows_Rx4) // FUTURE_STEPS
+    trajs_by_seq[int(seq_id)] = rows_Rx4[:, 1:3].reshape(k, FUTURE_STEPS, 2)
+    if rows_Rx4.shape[1] == 4:
+      probs_by_seq[int(seq_id)] = rows_Rx4[::FUTURE_STEPS, 3].copy()
+    else:
+      probs_by_seq[int(seq_id)] = np.full(k, 1.0 / k)
+  return trajs_by_seq, probs_by_seq
