@@ -80,10 +80,11 @@ def _pack_one(args):
 
 def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_workers: int = 1,
                shard_index: int = 0, num_shards: int = 1, progress: bool = True,
-               _stop_after: int | None = None) -> PackSummary:
+               commit_every: int = COMMIT_EVERY, _stop_after: int | None = None) -> PackSummary:
   """Packs `src/{train,val,test_obs}/data/*.csv` into `target/{mode}_lmdb` (resumes a partial run).
 
-  `_stop_after` (tests only) raises after that many new records were committed, as a crash would.
+  Records are committed every `commit_every` scenes: a killed run loses at most that many, and a re-run
+  skips every committed one. `_stop_after` (tests only) raises after that many new records, as a crash would.
   """
   if mode not in SPLIT_DIRS:
     raise ValueError(f"mode must be one of {sorted(SPLIT_DIRS)}, got {mode!r}")
@@ -142,7 +143,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
         txn.put(key, value)
         summary.packed += 1
         pending += 1
-        if pending >= COMMIT_EVERY:
+        if pending >= commit_every:
           txn.commit()
           txn, pending = env.begin(write=True), 0
         if _stop_after is not None and summary.packed >= _stop_after:
