@@ -5,6 +5,8 @@ through a private Agg canvas, so it never touches pyplot or the global backend.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.collections import LineCollection
@@ -103,8 +105,10 @@ def draw_scene(ax, scene: Scene, *, prediction_trajs_KxFx2=None, prediction_prob
 
 
 def save_scene_png(path: str, scene: Scene, *, figsize=(8.0, 8.0), dpi: int = 100, **draw_kwargs) -> None:
-  """Renders `draw_scene(scene, **draw_kwargs)` to a PNG file with the Agg canvas (headless-safe)."""
+  """Renders `draw_scene(scene, **draw_kwargs)` to a PNG file with the Agg canvas (headless-safe); creates
+  the file's directory."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
+  os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
   fig = Figure(figsize=figsize, dpi=dpi)
   FigureCanvasAgg(fig)
   draw_scene(fig.add_subplot(1, 1, 1), scene, **draw_kwargs)

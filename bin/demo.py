@@ -1,0 +1,96 @@
+"""The project's main job on the embedded default data (what `make demo` runs).
+
+Writes the synthetic city (official Argoverse 1.1 formats), packs train/val to LMDB, renders a few scenes,
+trains the float model (`configs/argo.py:demo`), evaluates it beside the constant-velocity baseline and
+renders its predictions. Every step resumes: a second run reuses what the first one wrote.
+
+  python bin/demo.py [--config=configs/argo.py:demo] [--config.train.epochs=...]
+"""
+import glob
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from densetnt_jax.data.loader import ArgoverseDataset
+from densetnt_jax.data.pack import pack_split, split_lmdb_path
+from densetnt_jax.data.synthetic import write_synthetic_city
+from densetnt_jax.eval.visualize import save_scene_png
+
+flags.DEFINE_integer("num_train", 2000, "Synthetic train scenes.")
+flags.DEFINE_integer("num_val", 400, "Synthetic val scenes.")
+flags.DEFINE_bool("train", True, "Also train and evaluate (False: data steps only).")
+config_flags.DEFINE_config_file("config", "configs/argo.py:demo", "Experiment config.", lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def step(title: str):
+  print(f"\n=== {title} ===", flush=True)
+
+
+def prepare_data(cfg) -> dict:
+  src = cfg.data.src_dir
+  have = {s: len(glob.glob(os.path.join(src, s, "data", "*.csv"))) for s in ("train", "val")}
+  step(f"synthetic city -> {src}")
+  if have != {"train": FLAGS.num_train, "val": FLAGS.num_val}:
+    summary = write_synthetic_city(src, num_train=FLAGS.num_train, num_val=FLAGS.num_val, seed=cfg.seed)
+    print({k: v for k, v in summary.items() if not isinstance(v, dict)})
+  else:
+    print(f"already there: {have}")
+  datasets = {}
+  for mode in ("train", "val"):
+    step(f"pack {mode} -> {split_lmdb_path(cfg.data.lmdb_dir, mode)}")
+    print(pack_split(src, mode, cfg.data.lmdb_dir, cfg.data, num_workers=2).format())
+    datasets[mode] = ArgoverseDataset(split_lmdb_path(cfg.data.lmdb_dir, mode), cfg.data)
+  return datasets
+
+
+def describe(datasets, cfg) -> None:
+  step("load batches")
+  ds = datasets["train"]
+  start, n = time.perf_counter(), 0
+  tracks, lanes, goals = [], [], []
+  for batch in ds.batches(64, shuffle=True, seed=cfg.seed, drop_remainder=True):
+    n += len(batch.seq_id)
+    tracks.append(batch.traj_mask_T.sum(1))
+    lanes.append(batch.lane_mask_L.sum(1))
+    goals.append(batch.goal_mask_G.sum(1))
+  rate = n / (time.perf_counter() - start)
+  for name, v in (("tracks", tracks), ("lanes", lanes), ("goal candidates", goals)):
+    v = np.concatenate(v)
+    print(f"{name:>16} per scene: mean {v.mean():7.1f}  max {v.max():5d}")
+  print(f"{n} train scenes in batches of 64 at {rate:.0f} scenes/s")
+  out = os.path.join(cfg.workdir, "scenes")
+  for i in range(3):
+    scene = datasets["val"][i]
+    path = os.path.join(out, f"{int(scene.seq_id)}.png")
+    save_scene_png(path, scene, title=f"synthetic seq {int(scene.seq_id)}")
+    print(f"wrote {path}")
+
+
+def main(argv):
+  del argv
+  cfg = FLAGS.config
+  datasets = prepare_data(cfg)
+  describe(datasets, cfg)
+  if not FLAGS.train:
+    return
+  import densetnt_jax
+  from densetnt_jax.eval.evaluate import evaluate, format_table
+  from densetnt_jax.eval.infer import render_predictions
+  from densetnt_jax.train.loop import train_and_evaluate
+  step(f"train float -> {cfg.workdir}")
+  train_and_evaluate(cfg, cfg.workdir, stage="float")
+  step("evaluate float on val")
+  result = evaluate(cfg, cfg.workdir, stage="float")
+  print(format_table([result]))
+  step("inference visualization")
+  predictor = densetnt_jax.load(cfg.workdir, "float", config=cfg)
+  paths = render_predictions(predictor, datasets["val"], os.path.join(cfg.workdir, "infer"), num=6)
+  print(f"wrote {len(paths)} PNGs to {os.path.dirname(paths[0])}")
+
+
+if __name__ == "__main__":
+  app.run(main)
