@@ -2,11 +2,11 @@
 import os
 import shutil
 
-import lmdb
 import numpy as np
 import pytest
 
 from densetnt_jax.data.errors import RecordError
+from densetnt_jax.data.lmdb_env import open_env
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.vectorize import vectorize_csv
@@ -15,10 +15,8 @@ from densetnt_jax.data.vectorize import vectorize_csv
 def _records(path):
   out = {}
   for shard in sorted(os.listdir(path)) if not os.path.exists(os.path.join(path, "data.mdb")) else [""]:
-    env = lmdb.open(os.path.join(path, shard), readonly=True, lock=False)
-    with env.begin() as txn:
+    with open_env(os.path.join(path, shard)).begin() as txn:
       out.update({bytes(k): bytes(v) for k, v in txn.cursor()})
-    env.close()
   return out
 
 
@@ -127,11 +125,9 @@ def test_corrupt_record_names_its_key(packed_train, config, tmp_path):
   out, _ = packed_train
   copy = tmp_path / "train_lmdb"
   shutil.copytree(split_lmdb_path(out, "train"), copy)
-  env = lmdb.open(str(copy), map_size=1 << 30)
-  with env.begin(write=True) as txn:
+  with open_env(str(copy), write=True).begin(write=True) as txn:
     key = b"%012d" % 5
     txn.put(key, txn.get(key)[:100])
-  env.close()
   ds = ArgoverseDataset(copy, config.data)
   with pytest.raises(RecordError, match="000000000005"):
     ds.by_seq_id(5)

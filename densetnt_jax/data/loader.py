@@ -13,10 +13,10 @@ import queue
 import threading
 from typing import Iterator
 
-import lmdb
 import numpy as np
 
 from densetnt_jax.data.errors import RecordError
+from densetnt_jax.data.lmdb_env import open_env
 from densetnt_jax.data.pack import META_KEY, record_key
 from densetnt_jax.data.record import decode_arrays, pad_into
 from densetnt_jax.data.scene import Scene, shapes_from_config
@@ -43,7 +43,7 @@ class ArgoverseDataset:
     self._envs, keys, owners = [], [], []
     expected = vectorize_settings(data_config)
     for i, shard in enumerate(shard_paths(self.path)):
-      env = lmdb.open(shard, readonly=True, lock=False, readahead=False, subdir=True)
+      env = open_env(shard)
       self._envs.append(env)
       with env.begin() as txn:
         meta = txn.get(META_KEY)

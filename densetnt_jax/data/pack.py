@@ -13,11 +13,11 @@ import multiprocessing
 import os
 import time
 
-import lmdb
 from tqdm.auto import tqdm
 
 from densetnt_jax.data.argoverse import seq_id_from_path
 from densetnt_jax.data.errors import DataError
+from densetnt_jax.data.lmdb_env import close_env, open_env
 from densetnt_jax.data.hdmap import available_cities, load_city_map
 from densetnt_jax.data.record import FORMAT_VERSION, encode_scene
 from densetnt_jax.data.vectorize import vectorize_csv, vectorize_settings
@@ -25,7 +25,6 @@ from densetnt_jax.data.vectorize import vectorize_csv, vectorize_settings
 SPLIT_DIRS = {"train": "train", "val": "val", "test": "test_obs"}
 EXPECTED_STEPS = {"train": 50, "val": 50, "test": 20}
 META_KEY = b"__meta__"
-MAP_SIZE = 1 << 38                      # virtual size; LMDB files are sparse
 COMMIT_EVERY = 256
 
 
@@ -107,7 +106,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
   summary = PackSummary(mode=mode, output=out, num_files=len(files), num_workers=num_workers,
                         error_log=os.path.join(str(target_data_dir), f"{mode}_pack_errors.log"))
   meta = {"format_version": FORMAT_VERSION, "split": mode, "vectorize": vectorize_settings(data_config)}
-  env = lmdb.open(out, map_size=MAP_SIZE, subdir=True, metasync=True, sync=True)
+  env = open_env(out, write=True)
   try:
     with env.begin(write=True) as txn:
       old = txn.get(META_KEY)
@@ -157,7 +156,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
         pool.terminate()
     summary.seconds = time.perf_counter() - start
   finally:
-    env.close()
+    close_env(out)
   summary.failed.sort()
   with open(summary.error_log, "w") as f:
     for path, why in summary.failed:

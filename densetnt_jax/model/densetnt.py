@@ -1,0 +1,169 @@
+"""DenseTNT decoder (dense goal scoring + trajectory completion) and the full model (encoder + decoder)."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from densetnt_jax.model import postprocess as post
+from densetnt_jax.model import primitives as P
+from densetnt_jax.model.vectornet import Attention, Encoding, Vectornet
+
+# Variance scale of the (x, y) -> hidden layers' init: std = 0.07 per weight, so a point 10-15 m away gives
+# unit-scale pre-activations (inputs are metres in the agent frame, up to ~50-100 m).
+GOAL_INIT_SCALE = 0.01
+
+
+class TrainOutputs(NamedTuple):
+  """Teacher-forced outputs (`model.apply(v, inputs, train=True)`)."""
+  goal_logprobs_BxG: jax.Array            # masked log-softmax over the candidates
+  traj_BxFx2: jax.Array                   # completion for the ground-truth endpoint future_Fx2[:, -1]
+  offsets_BxGx2: Optional[jax.Array]      # goal offset regression (model.goal_offset), else None
+
+
+class Prediction(NamedTuple):
+  """Inference outputs, agent frame. Modes follow postprocess.py: padded modes copy mode 0 with probability 0."""
+  trajs_BxKxFx2: jax.Array
+  probs_BxK: jax.Array                    # sums to 1 over the K = mode_num modes
+  goals_BxKx2: jax.Array                  # the kept goals (offset-corrected when goal_offset)
+  mode_mask_BxK: jax.Array                # False for padded modes
+  goal_logprobs_BxG: jax.Array            # every candidate (masked ones are ~ -100 below the real ones)
+  topk_goals_BxNx2: jax.Array             # the top_k goals by score, best first (offset-corrected)
+  topk_logprobs_BxN: jax.Array
+  topk_valid_BxN: jax.Array               # False where fewer than top_k candidates exist
+
+
+class Densetnt(nn.Module):
+  """Decoder head. Goal scoring: MLP embedding of each candidate's (x, y) fused (added) with a projection of
+  the agent context, attention of the goals over all polylines with a residual add, an MLP and a score;
+  masked log-softmax over the candidates. The goal path has no LayerNorm (as HAT's goal subgraph): it runs
+  on B x 2048 rows, where each norm cost ~8% of the train step; the (x, y) layer instead starts small
+  (`GOAL_INIT_SCALE`) so metre-valued inputs give unit-scale features. Completion (HAT's target graph): `target_graph_depth` MLP layers on
+  a goal, attention over the trajectory polylines (the first `num_traj` rows) with a residual add, concat with
+  the agent context, an MLP and a linear layer to pred_steps x 2.
+
+  Fusing the context by adding `Dense(ctx)` equals a Dense over concat(goal, ctx) without repeating ctx
+  2048 times (one (B, H) matmul instead of a third of the (B*G, 3H) one). As in HAT, the completion reads the
+  encoder through stop_gradient: only the goal loss shapes the encoder."""
+  in_channels: int = 128
+  hidden_size: int = 128
+  num_traj: int = 32
+  target_graph_depth: int = 2
+  pred_steps: int = 30
+  top_k: int = 150
+  num_heads: int = 1
+  goal_offset: bool = False
+
+  def setup(self):
+    h = self.hidden_size
+    self.goal_embed = P.MLP(h, use_layernorm=False, kernel_init=nn.initializers.variance_scaling(
+        GOAL_INIT_SCALE, "fan_in", "truncated_normal"))
+    self.goal_fuse = P.Dense(h)
+    self.goal_context = P.Dense(h, use_bias=False)
+    self.goal_fuse_add = P.Add()
+    self.goal_fuse_relu = P.ReLU()
+    self.goal_attention = Attention(h, self.num_heads)
+    self.goal_residual = P.Add()
+    self.goal_head = P.MLP(h, use_layernorm=False)
+    self.goal_score = P.Dense(1)
+    self.goal_mask_add = P.MaskAdd()
+    self.goal_log_softmax = P.LogSoftmax()
+    self.goal_input_mask = P.MaskedFill()
+    if self.goal_offset:
+      self.offset_head = P.Dense(2)
+    self.target_graph = [P.MLP(h) for _ in range(self.target_graph_depth)]  # few rows: LayerNorm is cheap
+    self.target_attention = Attention(h, self.num_heads)
+    self.target_residual = P.Add()
+    self.traj_concat = P.Concat()
+    self.traj_hidden = P.MLP(h)
+    self.traj_out = P.Dense(self.pred_steps * 2)
+
+  def score_goals(self, enc: Encoding, goals_BxGx2: jax.Array, goal_mask_BxG: jax.Array
+                  ) -> tuple[jax.Array, Optional[jax.Array]]:
+    """(goal log-probs BxG, offsets BxGx2 or None)."""
+    if enc.agent_BxH.shape[-1] != self.in_channels:
+      raise ValueError(f"Densetnt: encoder features have {enc.agent_BxH.shape[-1]} channels, "
+                       f"in_channels is {self.in_channels}")
+    goals = self.goal_input_mask(goals_BxGx2, goal_mask_BxG[..., None])
+    e = self.goal_embed(goals)
+    ctx_Bx1xH = self.goal_context(enc.agent_BxH)[..., None, :]
+    f = self.goal_fuse_relu(self.goal_fuse_add(self.goal_fuse(e), ctx_Bx1xH))
+    att = self.goal_attention(f, enc.polylines_BxNxH, enc.polyline_mask_BxN)
+    hid = self.goal_head(self.goal_residual(f, att))
+    logits_BxG = self.goal_score(hid)[..., 0]
+    logp_BxG = self.goal_log_softmax(self.goal_mask_add(logits_BxG, goal_mask_BxG))
+    offsets = self.offset_head(hid) if self.goal_offset else None
+    return logp_BxG, offsets
+
+  def complete(self, enc: Encoding, goals_BxNx2: jax.Array) -> jax.Array:
+    """Trajectories (BxNxFx2) ending near each of N goals per scene."""
+    poly = jax.lax.stop_gradient(enc.polylines_BxNxH)
+    agent = jax.lax.stop_gradient(enc.agent_BxH)
+    t = goals_BxNx2
+    for layer in self.target_graph:
+      t = layer(t)
+    att = self.target_attention(t, poly[..., :self.num_traj, :], enc.polyline_mask_BxN[..., :self.num_traj])
+    t = self.target_residual(t, att)
+    ctx = jnp.broadcast_to(agent[..., None, :], t.shape)
+    out = self.traj_out(self.traj_hidden(self.traj_concat([t, ctx])))
+    return out.reshape(out.shape[:-1] + (self.pred_steps, 2))
+
+
+class DenseTNT(nn.Module):
+  """The full model. `apply(v, inputs, train=True)` -> TrainOutputs; `apply(v, inputs, method="predict")`
+  (or train=False) -> Prediction. `inputs` is a dict keyed by Scene field names (batched)."""
+  encoder: Vectornet
+  decoder: Densetnt
+  threshold: float = 2.0
+  mode_num: int = 6
+
+  def _encode(self, inputs: dict) -> Encoding:
+    t = inputs["trajs_TxVxC"].shape[-3]
+    if t != self.decoder.num_traj:
+      raise ValueError(f"DenseTNT: trajs_TxVxC holds {t} trajectories but model.num_traj is "
+                       f"{self.decoder.num_traj}; set model.num_traj = data.max_traj_num")
+    return self.encoder(inputs)
+
+  def __call__(self, inputs: dict, train: bool = True):
+    if not train:
+      return self.predict(inputs)
+    enc = self._encode(inputs)
+    logp_BxG, offsets = self.decoder.score_goals(enc, inputs["goals_Gx2"], inputs["goal_mask_G"])
+    gt_goal_Bx1x2 = inputs["future_Fx2"][..., -1:, :]
+    traj_BxFx2 = self.decoder.complete(enc, gt_goal_Bx1x2)[..., 0, :, :]
+    return TrainOutputs(logp_BxG, traj_BxFx2, offsets)
+
+  def predict(self, inputs: dict) -> Prediction:
+    enc = self._encode(inputs)
+    goals_BxGx2, goal_mask_BxG = inputs["goals_Gx2"], inputs["goal_mask_G"]
+    logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG)
+    k = min(self.decoder.top_k, logp_BxG.shape[-1])
+    _, idx_BxN = jax.lax.top_k(jnp.where(goal_mask_BxG, logp_BxG, -jnp.inf), k)
+    top_logp = jnp.take_along_axis(logp_BxG, idx_BxN, axis=-1)
+    top_valid = jnp.take_along_axis(goal_mask_BxG, idx_BxN, axis=-1)
+    top_goals = jnp.take_along_axis(goals_BxGx2, idx_BxN[..., None], axis=-2)
+    if offsets is not None:
+      top_goals = top_goals + jnp.take_along_axis(offsets, idx_BxN[..., None], axis=-2)
+    top_trajs = self.decoder.complete(enc, top_goals)
+    modes = post.select_modes(top_goals, top_logp, top_valid, top_trajs, threshold=self.threshold,
+                              mode_num=self.mode_num)
+    return Prediction(modes.trajs_BxKxFx2, modes.probs_BxK, modes.goals_BxKx2, modes.mode_mask_BxK,
+                      logp_BxG, top_goals, top_logp, top_valid)
+
+
+def build_model(config) -> DenseTNT:
+  """The model from a full config (`configs/argo.py`): config.model, config.postprocess, config.data."""
+  m, p = config.model, config.postprocess
+  if p.pred_steps != m.pred_steps:
+    raise ValueError(f"postprocess.pred_steps={p.pred_steps} != model.pred_steps={m.pred_steps}")
+  if "data" in config and config.data.max_traj_num != m.num_traj:
+    raise ValueError(f"model.num_traj={m.num_traj} must equal data.max_traj_num={config.data.max_traj_num}")
+  num_heads = m.get("num_heads", 1)
+  encoder = Vectornet(depth=m.depth, traj_in_channels=m.traj_in_channels, lane_in_channels=m.lane_in_channels,
+                      hidden_size=m.hidden_size, num_heads=num_heads)
+  decoder = Densetnt(in_channels=m.hidden_size, hidden_size=m.hidden_size, num_traj=m.num_traj,
+                     target_graph_depth=m.target_graph_depth, pred_steps=m.pred_steps, top_k=m.top_k,
+                     num_heads=num_heads, goal_offset=m.get("goal_offset", False))
+  return DenseTNT(encoder=encoder, decoder=decoder, threshold=p.threshold, mode_num=p.mode_num)

@@ -1,0 +1,46 @@
+"""DenseTNT training loss: goal cross-entropy + SmoothL1 trajectory (+ optional goal offset SmoothL1)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from densetnt_jax.model.densetnt import TrainOutputs
+
+
+def smooth_l1(x: jax.Array, beta: float = 1.0) -> jax.Array:
+  """Elementwise SmoothL1 (PyTorch's, beta=1): 0.5 x^2 / beta below beta, |x| - 0.5 beta above."""
+  ax = jnp.abs(x)
+  return jnp.where(ax < beta, 0.5 * x * x / beta, ax - 0.5 * beta)
+
+
+def valid_scenes(batch: dict) -> jax.Array:
+  """Scenes that carry a label: a future and a ground-truth candidate that is a real candidate."""
+  idx_B = batch["goal_index"]
+  in_mask = jnp.take_along_axis(batch["goal_mask_G"], jnp.maximum(idx_B, 0)[:, None], axis=1)[:, 0]
+  return batch["has_future"].astype(bool) & (idx_B >= 0) & in_mask
+
+
+def densetnt_loss(outputs: TrainOutputs, batch: dict, loss_config, normalizer: jax.Array | float | None = None
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(weighted total, {term: value}); every term is a sum over labelled scenes divided by `normalizer`
+  (default: their count, at least 1). Pass the whole batch's count when summing over micro-batches."""
+  valid_B = valid_scenes(batch)
+  if normalizer is None:
+    normalizer = jnp.maximum(jnp.sum(valid_B.astype(jnp.float32)), 1.0)
+  idx_Bx1 = jnp.maximum(batch["goal_index"], 0)[:, None]
+
+  goal_ce_B = -jnp.take_along_axis(outputs.goal_logprobs_BxG, idx_Bx1, axis=1)[:, 0]
+  future_BxFx2 = batch["future_Fx2"]
+  traj_B = jnp.mean(smooth_l1(outputs.traj_BxFx2 - future_BxFx2), axis=(-2, -1))
+  per_scene = {"goal_ce": goal_ce_B, "traj_smooth_l1": traj_B}
+  weights = {"goal_ce": loss_config.goal_weight, "traj_smooth_l1": loss_config.traj_weight}
+  if outputs.offsets_BxGx2 is not None:
+    offset_Bx2 = jnp.take_along_axis(outputs.offsets_BxGx2, idx_Bx1[..., None], axis=1)[:, 0]
+    goal_Bx2 = jnp.take_along_axis(batch["goals_Gx2"], idx_Bx1[..., None], axis=1)[:, 0]
+    target_Bx2 = future_BxFx2[:, -1] - goal_Bx2
+    per_scene["offset_smooth_l1"] = jnp.mean(smooth_l1(offset_Bx2 - target_Bx2), axis=-1)
+    weights["offset_smooth_l1"] = loss_config.offset_weight
+
+  terms = {k: jnp.sum(jnp.where(valid_B, v, 0.0)) / normalizer for k, v in per_scene.items()}
+  loss = sum(weights[k] * terms[k] for k in terms)
+  return loss, terms
