@@ -90,6 +90,7 @@ def restore_params(workdir, stage: str = "float", which: str = "best", step: int
   `which="best"`: the lowest val minFDE_k6; `"latest"`: the last save; `step` picks one save explicitly.
   Restores onto one device whatever mesh the run trained on. `with_meta=True` returns (params, meta).
   """
+  quiet_orbax_logging()
   directory = checkpoint_dir(workdir, stage, which)
   manager = _read_only(directory, which)
   try:

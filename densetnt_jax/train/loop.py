@@ -195,14 +195,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
   from densetnt_jax.model import build_model
   from densetnt_jax.train.step import init_train_state, make_optimizer
 
+  ckpt.quiet_orbax_logging()
   t = config.train
   workdir = os.path.abspath(str(workdir))
   stage_dir = os.path.join(workdir, stage)
   check_batch_sizes(t)
   train_ds = open_split(config.data, config.data.train_split)
-  # py-lmdb refuses to open one environment twice in a process.
-  val_ds = train_ds if config.data.val_split == config.data.train_split else open_split(config.data,
-                                                                                          config.data.val_split)
+  val_ds = open_split(config.data, config.data.val_split)
   steps_per_epoch = len(train_ds) // t.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"{train_ds.path}: {len(train_ds)} scenes, fewer than one batch of {t.batch_size}")
