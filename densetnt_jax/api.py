@@ -37,9 +37,9 @@ class Predictor:
     return out
 
   def predict_scene(self, scene: Scene) -> dict[str, np.ndarray]:
-    """One scene (no batch axis) -> outputs without the batch axis."""
+    """One scene (no batch axis) -> outputs without the batch axis (`trajs_KxFx2`, `probs_K`, ...)."""
     batch = Scene(*(np.asarray(a)[None] for a in scene))
-    return {k: v[0] for k, v in self.predict(batch).items()}
+    return {k.replace("Bx", "", 1): v[0] for k, v in self.predict(batch).items()}
 
   def predict_csv(self, path, map_dir=None) -> dict[str, np.ndarray]:
     """One raw forecasting CSV (20 or 50 steps; the first 20 are observed); `map_dir` defaults to the
