@@ -36,17 +36,18 @@ class Prediction(NamedTuple):
 
 
 class Densetnt(nn.Module):
-  """Decoder head. Goal scoring: MLP embedding of each candidate's (x, y) fused (added) with a projection of
-  the agent context, attention of the goals over all polylines with a residual add, an MLP and a score;
-  masked log-softmax over the candidates. The goal path has no LayerNorm (as HAT's goal subgraph): it runs
-  on B x 2048 rows, where each norm cost ~8% of the train step; the (x, y) layer instead starts small
-  (`GOAL_INIT_SCALE`) so metre-valued inputs give unit-scale features. Completion (HAT's target graph): `target_graph_depth` MLP layers on
-  a goal, attention over the trajectory polylines (the first `num_traj` rows) with a residual add, concat with
-  the agent context, an MLP and a linear layer to pred_steps x 2.
+  """Decoder head (HAT's Densetnt).
 
-  Fusing the context by adding `Dense(ctx)` equals a Dense over concat(goal, ctx) without repeating ctx
-  2048 times (one (B, H) matmul instead of a third of the (B*G, 3H) one). As in HAT, the completion reads the
-  encoder through stop_gradient: only the goal loss shapes the encoder."""
+  Goal scoring: an MLP embedding of each candidate's (x, y), fused (added) with a projection of the agent
+  context, attention of the goals over all polylines with a residual add, an MLP and a score; masked
+  log-softmax over the candidates. Adding Dense(ctx) equals a Dense over concat(goal, ctx) without repeating
+  ctx per goal. The goal path has no LayerNorm (as HAT's goal subgraph): it runs on B x 2048 rows, where each
+  norm cost ~8% of the train step; the (x, y) layer starts small instead (`GOAL_INIT_SCALE`).
+
+  Completion (HAT's target graph): `target_graph_depth` MLP layers on a goal, attention over the trajectory
+  polylines (the first `num_traj` rows) with a residual add, concat with the agent context, an MLP and a
+  linear layer to pred_steps x 2 (agent frame, metres). As in HAT it reads the encoder through
+  stop_gradient: only the goal loss shapes the encoder."""
   in_channels: int = 128
   hidden_size: int = 128
   num_traj: int = 32
@@ -60,11 +61,11 @@ class Densetnt(nn.Module):
     h = self.hidden_size
     self.goal_embed = P.MLP(h, use_layernorm=False, kernel_init=nn.initializers.variance_scaling(
         GOAL_INIT_SCALE, "fan_in", "truncated_normal"))
-    self.goal_fuse = P.Dense(h)
-    self.goal_context = P.Dense(h, use_bias=False)
+    self.goal_fuse = P.Dense(h, use_bias=False)   # the bias sits on the per-scene context side: same sum,
+    self.goal_context = P.Dense(h)                # and its gradient is a B x H sum, not a B*G x H one
     self.goal_fuse_add = P.Add()
     self.goal_fuse_relu = P.ReLU()
-    self.goal_attention = Attention(h, self.num_heads)
+    self.goal_attention = Attention(h, self.num_heads, project_queries=False)
     self.goal_residual = P.Add()
     self.goal_head = P.MLP(h, use_layernorm=False)
     self.goal_score = P.Dense(1)
@@ -74,7 +75,7 @@ class Densetnt(nn.Module):
     if self.goal_offset:
       self.offset_head = P.Dense(2)
     self.target_graph = [P.MLP(h) for _ in range(self.target_graph_depth)]  # few rows: LayerNorm is cheap
-    self.target_attention = Attention(h, self.num_heads)
+    self.target_attention = Attention(h, self.num_heads, project_queries=False)
     self.target_residual = P.Add()
     self.traj_concat = P.Concat()
     self.traj_hidden = P.MLP(h)
@@ -129,6 +130,9 @@ class DenseTNT(nn.Module):
   def __call__(self, inputs: dict, train: bool = True):
     if not train:
       return self.predict(inputs)
+    if "future_Fx2" not in inputs:
+      raise KeyError("DenseTNT(train=True) teacher-forces the completion with inputs['future_Fx2'][:, -1]; "
+                     "pass the labels, or use method='predict'")
     enc = self._encode(inputs)
     logp_BxG, offsets = self.decoder.score_goals(enc, inputs["goals_Gx2"], inputs["goal_mask_G"])
     gt_goal_Bx1x2 = inputs["future_Fx2"][..., -1:, :]
@@ -137,10 +141,11 @@ class DenseTNT(nn.Module):
 
   def predict(self, inputs: dict) -> Prediction:
     enc = self._encode(inputs)
-    goals_BxGx2, goal_mask_BxG = inputs["goals_Gx2"], inputs["goal_mask_G"]
+    goal_mask_BxG = inputs["goal_mask_G"]
+    goals_BxGx2 = P.masked_fill(inputs["goals_Gx2"], goal_mask_BxG[..., None])   # garbage never leaves
     logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG)
     k = min(self.decoder.top_k, logp_BxG.shape[-1])
-    _, idx_BxN = jax.lax.top_k(jnp.where(goal_mask_BxG, logp_BxG, -jnp.inf), k)
+    _, idx_BxN = jax.lax.top_k(P.masked_fill(logp_BxG, goal_mask_BxG, -jnp.inf), k)
     top_logp = jnp.take_along_axis(logp_BxG, idx_BxN, axis=-1)
     top_valid = jnp.take_along_axis(goal_mask_BxG, idx_BxN, axis=-1)
     top_goals = jnp.take_along_axis(goals_BxGx2, idx_BxN[..., None], axis=-2)

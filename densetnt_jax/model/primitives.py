@@ -21,8 +21,9 @@ import jax.numpy as jnp
 # [-12, 0] exp table alike). Real scores in this model differ by far less than 100, so a masked entry's weight
 # relative to a real one is below 1e-30.
 MASK_NEG = 100.0
-# Dense layers with at most this many input features run as broadcast multiply-adds (one fused loop) instead
-# of a matmul: a K=2 matmul over 131k goals ran at 6 GFLOP/s on this CPU and dominated the goal MLP.
+# Dense layers with at most this many input features (the goals' (x, y)) run as broadcast multiply-adds in
+# one fused loop instead of a matmul (a K=2 matmul over 131k goals ran at 6 GFLOP/s on this CPU), with a VJP
+# that gets the kernel and bias gradients from one (K+1, rows) x (rows, O) matmul instead of K+1 reductions.
 SMALL_K = 4
 
 
@@ -30,12 +31,37 @@ SMALL_K = 4
 def dense(x: jax.Array, kernel_IxO: jax.Array, bias_O: jax.Array | None = None) -> jax.Array:
   """x @ kernel + bias over the last axis."""
   if kernel_IxO.shape[0] <= SMALL_K:
-    y = x[..., 0:1] * kernel_IxO[0]
-    for i in range(1, kernel_IxO.shape[0]):
-      y = y + x[..., i:i + 1] * kernel_IxO[i]
-  else:
-    y = jax.lax.dot_general(x, kernel_IxO, (((x.ndim - 1,), (0,)), ((), ())))
+    if bias_O is None:
+      bias_O = jnp.zeros(kernel_IxO.shape[1], kernel_IxO.dtype)
+    return _small_dense(x, kernel_IxO, bias_O)
+  y = jax.lax.dot_general(x, kernel_IxO, (((x.ndim - 1,), (0,)), ((), ())))
   return y if bias_O is None else y + bias_O
+
+
+@jax.custom_vjp
+def _small_dense(x, kernel_IxO, bias_O):
+  y = bias_O + x[..., 0:1] * kernel_IxO[0]
+  for i in range(1, kernel_IxO.shape[0]):
+    y = y + x[..., i:i + 1] * kernel_IxO[i]
+  return y
+
+
+def _small_dense_fwd(x, kernel_IxO, bias_O):
+  return _small_dense(x, kernel_IxO, bias_O), (x, kernel_IxO)
+
+
+def _small_dense_bwd(res, dy):
+  x, kernel_IxO = res
+  k = kernel_IxO.shape[0]
+  rows_x = x.reshape(-1, k)
+  rows_dy = dy.reshape(-1, dy.shape[-1])
+  x1 = jnp.concatenate([rows_x, jnp.ones((rows_x.shape[0], 1), rows_x.dtype)], axis=1)
+  dwb = jax.lax.dot_general(x1, rows_dy, (((0,), (0,)), ((), ())))   # (K+1, O): kernel rows, then bias
+  dx = jax.lax.dot_general(dy, kernel_IxO, (((dy.ndim - 1,), (1,)), ((), ())))
+  return dx, dwb[:k], dwb[k]
+
+
+_small_dense.defvjp(_small_dense_fwd, _small_dense_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -69,11 +95,28 @@ def relu(x: jax.Array) -> jax.Array:
   return jnp.maximum(x, 0)
 
 
+@jax.custom_vjp
 def masked_max(x_xVxC: jax.Array, mask_xV: jax.Array) -> jax.Array:
-  """Max over the vector axis (-2) of the entries where mask is True; rows with no True entry give 0."""
+  """Max over the vector axis (-2) of the entries where mask is True; rows with no True entry give 0.
+  VJP: the gradient goes to the entries equal to the max (one fused select; autodiff's tie-averaging took
+  four passes). Exact ties among real entries only happen at 0 after a ReLU, whose gradient is 0 anyway."""
+  return _masked_max_fwd(x_xVxC, mask_xV)[0]
+
+
+def _masked_max_fwd(x_xVxC, mask_xV):
   low = jnp.finfo(x_xVxC.dtype).min
   pooled = jnp.max(jnp.where(mask_xV[..., None], x_xVxC, low), axis=-2)
-  return jnp.where(jnp.any(mask_xV, axis=-1)[..., None], pooled, 0)
+  out = jnp.where(jnp.any(mask_xV, axis=-1)[..., None], pooled, 0)
+  return out, (x_xVxC, mask_xV, out)
+
+
+def _masked_max_bwd(res, g_xC):
+  x_xVxC, mask_xV, out = res
+  hit = mask_xV[..., None] & (x_xVxC == out[..., None, :])
+  return jnp.where(hit, g_xC[..., None, :], 0).astype(x_xVxC.dtype), None
+
+
+masked_max.defvjp(_masked_max_fwd, _masked_max_bwd)
 
 
 def matmul(a: jax.Array, b: jax.Array, *, transpose_b: bool = False, scale: float | None = None) -> jax.Array:
