@@ -1,0 +1,87 @@
+"""Evaluation driver, leaderboard file and the Predictor API on a tiny trained model (real scenes)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import densetnt_jax
+from conftest import ROOT, load_config
+from densetnt_jax.data.pack import pack_split
+from densetnt_jax.data.scene import to_city_frame
+from densetnt_jax.eval.evaluate import evaluate, format_table
+from densetnt_jax.eval.leaderboard import read_leaderboard_h5
+from densetnt_jax.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def run(argo_dir, tmp_path_factory):
+  """8 train + 6 val real scenes packed; a tiny model trained for 2 steps. -> (config, workdir, src)."""
+  root = tmp_path_factory.mktemp("eval_api")
+  src = root / "src"
+  for split, n in (("train", 8), ("val", 6)):
+    (src / split / "data").mkdir(parents=True)
+    for f in sorted((argo_dir / split / "data").glob("*.csv"))[:n]:
+      os.symlink(f, src / split / "data" / f.name)
+  os.symlink(argo_dir / "map_files", src / "map_files")
+  config = load_config("tiny")
+  config.data.lmdb_dir = str(root / "lmdb")
+  config.train.eval_batch_size = 4
+  config.train.epochs = 1
+  for split in ("train", "val"):
+    pack_split(src, split, config.data.lmdb_dir, config.data, num_workers=1, progress=False)
+  workdir = root / "work"
+  train_and_evaluate(config, str(workdir))
+  return config, workdir, src
+
+
+def test_evaluate_writes_metrics_and_leaderboard(run, tmp_path):
+  config, workdir, _ = run
+  h5 = tmp_path / "val.h5"
+  result = evaluate(config, str(workdir), write_h5=str(h5), progress=False)
+  assert result["num_sequences"] == 6
+  for name in ("model", "constant_velocity"):
+    for key in ("minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6", "minFDE_k1"):
+      assert np.isfinite(result[name][key])
+  # The baseline predicts one trajectory: its K=6 and K=1 numbers agree.
+  assert result["constant_velocity"]["minFDE_k6"] == result["constant_velocity"]["minFDE_k1"]
+  saved = json.loads((workdir / "eval_float.json").read_text())
+  assert saved["model"] == result["model"]
+  assert "const. velocity" in format_table([result])
+  trajs, probs = read_leaderboard_h5(str(h5))
+  predictor = densetnt_jax.load(workdir, "float", config=config)
+  ds = predictor.dataset("val")
+  assert sorted(trajs) == sorted(ds.seq_ids.tolist())
+  scene = ds[2]
+  out = predictor.predict_scene(scene)
+  seq = int(scene.seq_id)
+  assert trajs[seq].shape == (6, 30, 2) and probs[seq].shape == (6,)
+  np.testing.assert_allclose(trajs[seq], out["trajs_city_KxFx2"], atol=1e-3)   # float32 x, y in the file
+  np.testing.assert_allclose(probs[seq], out["probs_K"], atol=1e-6)
+
+
+def test_predict_csv_matches_the_packed_scene(run):
+  config, workdir, src = run
+  predictor = densetnt_jax.load(workdir, "float", config=config)
+  ds = predictor.dataset("val")
+  seq = int(ds.seq_ids[0])
+  out = predictor.predict_csv(src / "val" / "data" / f"{seq}.csv")
+  packed = predictor.predict_scene(ds.by_seq_id(seq))
+  assert out["trajs_KxFx2"].shape == (6, 30, 2)
+  np.testing.assert_allclose(out["probs_K"].sum(), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(out["trajs_KxFx2"], packed["trajs_KxFx2"])
+  scene = out["scene"]
+  np.testing.assert_allclose(out["trajs_city_KxFx2"][0],
+                             to_city_frame(out["trajs_KxFx2"][0], scene.origin_2, scene.rotation_2x2))
+
+
+def test_eval_cli_prints_the_table(run):
+  config, workdir, _ = run
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "bin" / "eval.py"), "--stage=float", f"--config={ROOT / 'configs' / 'argo.py'}:tiny",
+       f"--config.data.lmdb_dir={config.data.lmdb_dir}", "--config.train.eval_batch_size=4", f"--workdir={workdir}"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "minFDE_k6" in proc.stdout and "const. velocity" in proc.stdout
