@@ -118,11 +118,16 @@ def matmul_only_seconds(jaxpr) -> float:
   return total
 
 
-def peak_gflops(n: int = 2048) -> float:
+def peak_gflops(n: int = 2048) -> tuple[float, int, int]:
+  """(GFLOP/s of the best of 10 clean n x n fp32 dots, clean runs, discarded runs)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  t, _, _ = best_time(jax.jit(jnp.dot), a, b, reps=10)
-  return 2 * n ** 3 / t / 1e9
+  t, clean, dirty = best_time(jax.jit(jnp.dot), a, b, reps=10)
+  return 2 * n ** 3 / t / 1e9, clean, dirty
+
+
+def _contended(clean: int, reps: int) -> str:
+  return "" if clean >= reps else "  [CONTENDED: fewer clean runs than asked; rerun on a quiet machine]"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -205,8 +210,9 @@ def main():
   model = build_model(config)
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, {args.chunk} scenes per micro-batch")
-  peak = peak_gflops()
-  print(f"fp32 matmul peak (2048x2048 jnp.dot, best of 10): {peak:.1f} GFLOP/s")
+  peak, clean, dirty = peak_gflops()
+  print(f"fp32 matmul peak (2048x2048 jnp.dot, best of 10): {peak:.1f} GFLOP/s ({clean} clean runs, "
+        f"{dirty} discarded){_contended(clean, 10)}")
 
   optimizer = make_optimizer(config.train, steps_per_epoch=1000)
   example = random_batch(config, 2)
@@ -231,7 +237,7 @@ def main():
     rate = b / t
     mfu = trn / b0 * rate / 1e9 / peak
     print(f"train batch {b}: {t * 1e3:.0f} ms/step, {rate:.1f} scenes/s, {trn / b0 * rate / 1e9:.1f} GFLOP/s, "
-          f"MFU {100 * mfu:.1f}% ({clean} clean runs, {dirty} discarded)")
+          f"MFU {100 * mfu:.1f}% ({clean} clean runs, {dirty} discarded){_contended(clean, args.reps)}")
     if args.profile and b == 32:
       profile_train_step(compiled, (state, batch), compiled.as_text())
       t_mm = matmul_only_seconds(jax.make_jaxpr(step)(state, batch).jaxpr)
@@ -244,7 +250,7 @@ def main():
   compiled = jax.jit(predict).lower(state.params, batch).compile()
   t, clean, dirty = best_time(compiled, state.params, batch, reps=args.reps)
   print(f"inference batch {b}: {t * 1e3:.0f} ms/batch, {b / t:.1f} scenes/s, "
-        f"{inf / b0 * b / t / 1e9:.1f} GFLOP/s ({clean} clean runs, {dirty} discarded)")
+        f"{inf / b0 * b / t / 1e9:.1f} GFLOP/s ({clean} clean runs, {dirty} discarded){_contended(clean, args.reps)}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Writes the synthetic city (official Argoverse 1.1 formats), packs train/val to LMDB, renders a few scenes,
 trains the float model (`configs/argo.py:demo`), evaluates it beside the constant-velocity baseline and
-renders its predictions. Every step resumes: a second run reuses what the first one wrote.
+renders its predictions; then the quantization stages (calibration, QAT, conversion to the integer program),
+each evaluated on val, the align_bpu check of QAT vs int on a few board batches, and the table of all four
+stages. Every step resumes: a second run reuses what the first one wrote.
 
-  python bin/demo.py [--config=configs/argo.py:demo] [--config.train.epochs=...]
+  python bin/demo.py [--config=configs/argo.py:demo] [--config.train.epochs=...] [--quant=False]
 """
 import glob
 import os
@@ -22,6 +24,8 @@ from densetnt_jax.eval.visualize import save_scene_png
 flags.DEFINE_integer("num_train", 2000, "Synthetic train scenes.")
 flags.DEFINE_integer("num_val", 400, "Synthetic val scenes.")
 flags.DEFINE_bool("train", True, "Also train and evaluate (False: data steps only).")
+flags.DEFINE_bool("quant", True, "Also run calibration, QAT and int after float.")
+flags.DEFINE_integer("align_batches", 4, "Val batches (of 30) the align_bpu check compares.")
 config_flags.DEFINE_config_file("config", "configs/argo.py:demo", "Experiment config.", lock_config=True)
 FLAGS = flags.FLAGS
 
@@ -90,6 +94,28 @@ def main(argv):
   predictor = densetnt_jax.load(cfg.workdir, "float", config=cfg)
   paths = render_predictions(predictor, datasets["val"], os.path.join(cfg.workdir, "infer"), num=6)
   print(f"wrote {len(paths)} PNGs to {os.path.dirname(paths[0])}")
+  if FLAGS.quant:
+    quantization_stages(cfg, [result])
+
+
+def quantization_stages(cfg, results: list) -> None:
+  """calibration -> qat -> int, each evaluated; align_bpu on a few batches; the table of all stages."""
+  from densetnt_jax.eval.align import run as align_run
+  from densetnt_jax.eval.evaluate import evaluate, format_table
+  from densetnt_jax.train.stages import run_stage
+  for stage in ("calibration", "qat", "int"):
+    step(f"{stage} -> {cfg.workdir}/{stage}")
+    start = time.perf_counter()
+    run_stage(cfg, cfg.workdir, stage)
+    print(f"{stage}: {time.perf_counter() - start:.0f} s")
+    results.append(evaluate(cfg, cfg.workdir, stage=stage))
+    print(format_table(results[-1:]))
+  step(f"align_bpu validation (qat vs int, {FLAGS.align_batches} batches of 30)")
+  status = align_run(cfg, cfg.workdir, num_batches=FLAGS.align_batches, max_rows=8)
+  if status:
+    print("align_bpu validation FAILED (see above)")
+  step("all stages on val")
+  print(format_table(results, keys=("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")))
 
 
 if __name__ == "__main__":

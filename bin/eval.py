@@ -1,6 +1,7 @@
 """Evaluates a stage on the val split: metrics table (model beside constant velocity), eval_<stage>.json.
 
   python bin/eval.py --stage=float --config=configs/argo.py [--workdir=runs/argo] [--write-h5=out.h5]
+  python bin/eval.py --stage=int --config=configs/argo.py     # or calibration, qat (fake-quant)
 """
 import json
 
@@ -21,7 +22,10 @@ def main(argv):
   del argv
   cfg = FLAGS.config
   workdir = FLAGS.workdir or cfg.workdir
-  result = evaluate(cfg, workdir, stage=FLAGS.stage, split=FLAGS.split, write_h5=FLAGS.write_h5)
+  try:
+    result = evaluate(cfg, workdir, stage=FLAGS.stage, split=FLAGS.split, write_h5=FLAGS.write_h5)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
   print(format_table([result]))
   print(f"{result['scenes_per_second']:.1f} scenes/s; wrote {workdir}/eval_{FLAGS.stage}.json"
         + (f" and {FLAGS.write_h5}" if FLAGS.write_h5 else ""))

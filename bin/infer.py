@@ -1,7 +1,7 @@
 """Inference visualization: one PNG per scene (lanes, tracks, GT, 6 predictions with probabilities, goal
 heatmap).
 
-  python bin/infer.py --config=configs/argo.py:demo --save-path runs/demo/infer --num 8
+  python bin/infer.py --config=configs/argo.py:demo --save-path runs/demo/infer --num 8 [--stage=int]
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,7 +21,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = FLAGS.config
-  predictor = densetnt_jax.load(FLAGS.workdir or cfg.workdir, FLAGS.stage, config=cfg)
+  try:
+    predictor = densetnt_jax.load(FLAGS.workdir or cfg.workdir, FLAGS.stage, config=cfg)
+  except FileNotFoundError as e:
+    raise SystemExit(f"error: {e}") from None
   paths = render_predictions(predictor, predictor.dataset(FLAGS.split), FLAGS.save_path, num=FLAGS.num)
   print(f"wrote {len(paths)} PNGs to {FLAGS.save_path}")
 

@@ -1,6 +1,10 @@
-"""Trains DenseTNT (HAT's `tools/train.py --stage float`); resumes from the workdir's latest checkpoint.
+"""Runs one stage of DenseTNT's pipeline (HAT's `tools/train.py --stage ...`) in a workdir; each stage starts
+from the previous one's best checkpoint, and the trained stages (float, qat) resume from their latest one.
 
   python bin/train.py --stage=float --config=configs/argo.py [--config.train.batch_size=32] [--workdir=runs/x]
+  python bin/train.py --stage=calibration --config=configs/argo.py   # float best -> activation scales
+  python bin/train.py --stage=qat --config=configs/argo.py           # fake-quant fine-tuning (config.qat)
+  python bin/train.py --stage=int --config=configs/argo.py           # -> WORKDIR/int/program, interpreter eval
   # several hosts without a detected cluster (SLURM, TPU pods and GKE are detected), on each host i:
   python bin/train.py --stage=float --config=configs/argo.py --coordinator_address=host0:1234 \
       --num_processes=N --process_id=i
@@ -23,15 +27,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.stage != "float":
-    raise app.UsageError(f"--stage={FLAGS.stage}: not implemented yet: the quantization issue adds the "
-                         "calibration, qat and int stages; use --stage=float")
   checkpoint.quiet_orbax_logging()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from densetnt_jax.train.loop import train_and_evaluate  # after initialize: it touches no device before
+  from densetnt_jax.train.stages import MissingStageError, run_stage  # after initialize: touches no device
 
   config = FLAGS.config
-  metrics = train_and_evaluate(config, FLAGS.workdir or config.workdir, stage=FLAGS.stage)
+  try:
+    metrics = run_stage(config, FLAGS.workdir or config.workdir, FLAGS.stage)
+  except MissingStageError as e:
+    raise SystemExit(f"error: {e}") from None
   print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
 

@@ -85,6 +85,37 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   t.eval_max_batches = -1                # -1: the whole val split
   t.tensorboard = False
 
+  # --- quantization (densetnt_jax.quant): code widths, calibration observer ---
+  c.quant = q = ml_collections.ConfigDict()
+  q.bits = 8                             # activations' default code width; weights are int8 per output channel
+  q.int16 = (                            # module-path globs kept in int16 (HAT's mixed precision for DenseTNT)
+      "*input_mask",                     # trajectory, lane and goal inputs: metres, int8 would step 0.4 m
+      "decoder/goal_embed/*",            # the goal subgraph
+      "decoder/goal_fuse*",              # goal x context fusion
+      "*/scores",                        # attention score matmuls (they feed the mask adds)
+      "*mask_add",                       # mask adds: -100 beside real scores
+      "decoder/goal_score",              # the goal logits: they rank 2048 candidates
+  )
+  q.observer = "mse"                     # mse (HAT's default: absmax shrunk in 1% steps) | minmax | percentile
+  q.percentile = 99.99
+  q.calibration_batches = 10
+  q.calibration_batch_size = 0           # 0: train.batch_size
+  # bin/align_bpu_validation.py bars (QAT fake-quant vs the integer program, per layer and end metrics)
+  q.align_min_identical = 0.999          # share of identical integer codes
+  q.align_max_lsb = 1                    # largest |code difference|
+  q.align_max_metric_diff = 0.01         # |fake-quant - int| of each end metric (m; MR as a fraction)
+
+  # --- QAT (bin/train.py --stage=qat): the float loop on the fake-quant model from the calibration checkpoint,
+  # with these settings on top of config.train (HAT's QAT: AdamW lr 1e-3, weight decay 0.05, step decay) ---
+  c.qat = qt = ml_collections.ConfigDict()
+  qt.learning_rate = 1e-3
+  qt.weight_decay = 0.05
+  qt.epochs = 10
+  qt.warmup_epochs = 0
+  qt.schedule = "step"                   # x decay_factor at each of decay_epochs
+  qt.decay_epochs = (7,)                 # 1e-3 for 7 epochs, then 1e-4
+  qt.decay_factor = 0.1
+
   c.eval = e = ml_collections.ConfigDict()
   e.miss_threshold = 2.0
   e.k = 6

@@ -2,10 +2,14 @@
 `predictor.predict(batch)` or `predictor.predict_csv(path)`.
 
 The predictor is the one place that maps a stage to its prediction function; evaluation, inference
-visualization and notebooks all go through it.
+visualization and notebooks all go through it:
+  float               the float model (params)
+  calibration, qat    the fake-quant model (params + the stage's quant state)
+  int                 the integer program's interpreter (`densetnt_jax.quant.run_program`)
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -16,21 +20,47 @@ from densetnt_jax.data.scene import Scene, model_inputs, to_city_frame_batch
 from densetnt_jax.data.vectorize import vectorize_csv
 
 
-class Predictor:
-  """A trained stage's jitted predict function. Outputs are numpy dicts: `trajs_BxKxFx2` and `goals_BxKx2`
-  (agent frame), `trajs_city_BxKxFx2` (city frame), `probs_BxK`, `goal_logprobs_BxG`."""
+STAGES = ("float", "calibration", "qat", "int")
 
-  def __init__(self, config, params, stage: str = "float"):
-    from densetnt_jax.model import DenseTNT, build_model
-    self.config, self.params, self.stage = config, params, stage
-    if stage != "float":
-      raise NotImplementedError(f"stage {stage!r}: only 'float' is available so far")
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _model_predict(params, quant, inputs: dict, *, model):
+  """The (fake-quant when `quant` is given) model's predict; one compile per model config and input shapes,
+  shared by every Predictor (the calibration and qat stages, or reloads in a notebook, do not recompile)."""
+  from densetnt_jax.model import DenseTNT
+  from densetnt_jax.train.step import variables
+  return model.apply(variables(params, quant), inputs, method=DenseTNT.predict)
+
+
+class Predictor:
+  """A stage's jitted predict function. Outputs are numpy dicts: `trajs_BxKxFx2` and `goals_BxKx2`
+  (agent frame), `trajs_city_BxKxFx2` (city frame), `probs_BxK`, `goal_logprobs_BxG`.
+
+  float: `params`; calibration and qat: `params` and `quant` (fake-quant); int: `program` (integer)."""
+
+  def __init__(self, config, params=None, stage: str = "float", *, quant=None, program=None):
+    from densetnt_jax.model import build_model
+    if stage not in STAGES:
+      raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    self.config, self.params, self.quant, self.program, self.stage = config, params, quant, program, stage
     self.model = build_model(config)
-    self._predict = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=DenseTNT.predict))
+    if stage == "int":
+      if program is None:
+        raise ValueError("the int stage predicts with an integer program: Predictor(..., program=...)")
+      from densetnt_jax.quant import run_program
+      self._predict = lambda x: run_program(program, x)
+      return
+    if params is None:
+      raise ValueError(f"stage {stage!r} needs params")
+    if stage in ("calibration", "qat") and quant is None:
+      raise ValueError(f"stage {stage!r} is the fake-quant model: Predictor(..., quant=...) (its quant state)")
+    if stage == "float" and quant is not None:
+      raise ValueError("the float stage takes no quant state")
+    self._predict = lambda x: _model_predict(self.params, self.quant, x, model=self.model)
 
   def predict(self, batch: Scene) -> dict[str, np.ndarray]:
     """Predicts a batch (a Scene with a leading batch axis, e.g. from `ArgoverseDataset.batches`)."""
-    pred = jax.device_get(self._predict(self.params, model_inputs(batch)))
+    pred = jax.device_get(self._predict(model_inputs(batch)))
     out = {"trajs_BxKxFx2": np.asarray(pred.trajs_BxKxFx2), "probs_BxK": np.asarray(pred.probs_BxK),
            "goals_BxKx2": np.asarray(pred.goals_BxKx2), "goal_logprobs_BxG": np.asarray(pred.goal_logprobs_BxG)}
     out["trajs_city_BxKxFx2"] = to_city_frame_batch(out["trajs_BxKxFx2"], batch.origin_2, batch.rotation_2x2)
@@ -61,14 +91,20 @@ class Predictor:
 def load(workdir, stage: str = "float", *, which: str = "best", config=None) -> Predictor:
   """The predictor of a training workdir's stage; `config` defaults to the run's saved config.json.
 
-  `which="best"` (lowest val minFDE_k6) falls back to the latest checkpoint if the run was never validated.
+  `which="best"` (lowest val minFDE_k6) falls back to the latest checkpoint if the run was never validated
+  (float, qat). The int stage loads `{workdir}/int/program` (`which` does not apply).
   """
-  from densetnt_jax.train.checkpoint import load_config, restore_params
+  from densetnt_jax.train.checkpoint import load_config, restore_stage
+  from densetnt_jax.train.stages import load_program
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
   config = config if config is not None else load_config(workdir)
+  if stage == "int":
+    return Predictor(config, stage="int", program=load_program(workdir))
   try:
-    params = restore_params(workdir, stage=stage, which=which)
+    params, quant, _ = restore_stage(workdir, stage=stage, which=which)
   except FileNotFoundError:
-    if which != "best":
+    if which != "best" or stage == "calibration":
       raise
-    params = restore_params(workdir, stage=stage, which="latest")
-  return Predictor(config, params, stage)
+    params, quant, _ = restore_stage(workdir, stage=stage, which="latest")
+  return Predictor(config, params, stage, quant=quant)

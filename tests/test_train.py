@@ -222,8 +222,10 @@ def test_nonfinite_loss_names_the_step_and_keeps_the_last_good_checkpoint(refere
 
 def test_config_errors(lmdb_dir, tmp_path, monkeypatch):
   config = _config(lmdb_dir)
-  with pytest.raises(NotImplementedError, match="quantization issue"):
+  with pytest.raises(FileNotFoundError, match="run --stage=calibration first"):
     loop.train_and_evaluate(config, tmp_path, stage="qat")
+  with pytest.raises(ValueError, match="calibration and int are conversions"):
+    loop.train_and_evaluate(config, tmp_path, stage="int")
   config.data.lmdb_dir = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="argoverse_packer"):
     loop.train_and_evaluate(config, tmp_path)
@@ -232,11 +234,11 @@ def test_config_errors(lmdb_dir, tmp_path, monkeypatch):
     loop.check_batch_sizes(_config(lmdb_dir).train)
 
 
-def test_cli_rejects_a_mistyped_override_and_unimplemented_stages(lmdb_dir, tmp_path):
+def test_cli_rejects_a_mistyped_override_and_a_stage_without_its_input(lmdb_dir, tmp_path):
   typo = subprocess.run(_cli(lmdb_dir, tmp_path, "--config.train.batchsize=3"), env=_env(1), cwd=ROOT,
                         capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
   assert typo.returncode != 0 and "batch_size" in typo.stderr
   qat = subprocess.run(_cli(lmdb_dir, tmp_path, "--stage=qat"), env=_env(1), cwd=ROOT, capture_output=True,
                        text=True, timeout=SUBPROCESS_TIMEOUT_S)
-  assert qat.returncode != 0 and "not implemented yet: the quantization issue" in qat.stderr
-  assert not os.path.exists(tmp_path / "float")
+  assert qat.returncode != 0 and "run --stage=calibration first" in qat.stderr
+  assert not os.path.exists(tmp_path / "float") and not os.path.exists(tmp_path / "qat")

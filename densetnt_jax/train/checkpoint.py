@@ -3,11 +3,15 @@
 Layout of a workdir (one per experiment; the stages float/calibration/qat/int share it):
   {workdir}/config.json                    the config of the last run (`load_config`)
   {workdir}/{stage}/checkpoints/{step}/    the last `keep_checkpoints` states: items params, opt_state, meta
-  {workdir}/{stage}/best/{step}/           the state with the lowest val minFDE_k6: items params, meta
+                                           (+ quant for qat)
+  {workdir}/{stage}/best/{step}/           the state with the lowest val minFDE_k6: items params, meta (+ quant)
   {workdir}/{stage}/metrics.jsonl          one JSON object per log line (train/*, val/*)
+  {workdir}/calibration/best/0/            the calibrated model: params (the float best's), quant, meta
+  {workdir}/int/program/                   the integer program (`densetnt_jax.quant.load_program`)
 
-`params` is its own item, so evaluation and inference restore it with no optimizer and no template
-(`restore_params`). `meta` is JSON: {"step", "epoch", "steps_per_epoch", "stage"} (+ val metrics for best).
+`params` and `quant` (the fake-quant scales) are items of their own, so evaluation and inference restore them
+with no optimizer and no template (`restore_params`, `restore_stage`). `meta` is JSON: {"step", "epoch",
+"steps_per_epoch", "stage"} (+ val metrics for best).
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ def checkpoint_dir(workdir, stage: str = "float", which: str = "latest") -> str:
 
 
 def _handlers(with_opt_state: bool) -> dict:
-  handlers = {"params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  handlers = {"params": ocp.StandardCheckpointHandler(), "quant": ocp.StandardCheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler()}
   if with_opt_state:
     handlers["opt_state"] = ocp.StandardCheckpointHandler()
   return handlers
@@ -55,60 +60,89 @@ def best_manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers(False))
 
 
-def save(manager: ocp.CheckpointManager, step: int, *, params, meta: dict, opt_state=None,
+def single_manager(directory: str) -> ocp.CheckpointManager:
+  """A synchronous manager of one checkpoint (params, quant, meta): the calibration stage's result."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers(False))
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, params, meta: dict, opt_state=None, quant=None,
          metrics: dict | None = None) -> None:
   """Saves one step (asynchronously; `manager.wait_until_finished()` before reading it back)."""
   items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
   if opt_state is not None:
     items["opt_state"] = ocp.args.StandardSave(opt_state)
+  if quant is not None:
+    items["quant"] = ocp.args.StandardSave(quant)
   manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
-def restore_into(manager: ocp.CheckpointManager, step: int, params_target, opt_state_target):
-  """(params, opt_state, meta) of `step`, with the shapes, dtypes and shardings of the targets."""
+def restore_into(manager: ocp.CheckpointManager, step: int, params_target, opt_state_target,
+                 quant_target=None):
+  """(params, opt_state, meta) of `step`, with the shapes, dtypes and shardings of the targets; with a
+  `quant_target`, (params, opt_state, quant, meta)."""
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  out = manager.restore(int(step), args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract(params_target)),
-      opt_state=ocp.args.StandardRestore(abstract(opt_state_target)),
-      meta=ocp.args.JsonRestore()))
+  items = dict(params=ocp.args.StandardRestore(abstract(params_target)),
+               opt_state=ocp.args.StandardRestore(abstract(opt_state_target)), meta=ocp.args.JsonRestore())
+  if quant_target is not None:
+    items["quant"] = ocp.args.StandardRestore(abstract(quant_target))
+  out = manager.restore(int(step), args=ocp.args.Composite(**items))
+  if quant_target is not None:
+    return out["params"], out["opt_state"], out["quant"], out["meta"]
   return out["params"], out["opt_state"], out["meta"]
 
 
-def _read_only(directory: str, which: str) -> ocp.CheckpointManager:
+def _read_only(directory: str, which: str, stage: str = "float") -> ocp.CheckpointManager:
   if not os.path.isdir(directory):
-    hint = ("the run has not been validated yet (no best checkpoint); use which='latest'" if which == "best"
-            else "train first: python bin/train.py --stage=float --config=configs/argo.py --workdir=...")
+    run = f"python bin/train.py --stage={stage} --config=configs/argo.py --workdir=..."
+    trained = stage in ("float", "qat")
+    hint = (f"the stage has no {'validated ' if trained else ''}checkpoint yet (run it: {run}"
+            f"{'; or use which=latest' if trained else ''})" if which == "best" else f"run the stage first: {run}")
     raise FileNotFoundError(f"no checkpoints in {directory}: {hint}")
   options = ocp.CheckpointManagerOptions(create=False, save_root_metadata=False)
   return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers(which == "latest"))
 
 
-def restore_params(workdir, stage: str = "float", which: str = "best", step: int | None = None,
-                   with_meta: bool = False):
-  """The params of a run (a nested dict of jax arrays on the first local device), without an optimizer.
+def restore_stage(workdir, stage: str = "float", which: str = "best", step: int | None = None
+                  ) -> tuple[dict, dict | None, dict]:
+  """(params, quant or None, meta) of a stage's checkpoint, on the first local device, without a template.
 
-  `which="best"`: the lowest val minFDE_k6; `"latest"`: the last save; `step` picks one save explicitly.
-  Restores onto one device whatever mesh the run trained on. `with_meta=True` returns (params, meta).
+  `which="best"`: the lowest val minFDE_k6 (calibration: its one checkpoint); `"latest"`: the last save;
+  `step` picks one save explicitly. Restores onto one device whatever mesh the run trained on.
   """
   quiet_orbax_logging()
   directory = checkpoint_dir(workdir, stage, which)
-  manager = _read_only(directory, which)
+  manager = _read_only(directory, which, stage)
   try:
     if step is None:
       step = manager.best_step() if which == "best" else manager.latest_step()
     if step is None or step not in manager.all_steps():
       raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in {directory} "
                               f"(saved steps: {list(manager.all_steps())})")
-    tree = manager.item_metadata(step)["params"]
-    tree = getattr(tree, "tree", tree)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device),
+
+    def target(item: str):
+      tree = manager.item_metadata(step)[item]
+      tree = getattr(tree, "tree", tree)
+      return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device),
                           tree)
-    out = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target),
-                                                        meta=ocp.args.JsonRestore()))
+
+    items = dict(params=ocp.args.StandardRestore(target("params")), meta=ocp.args.JsonRestore())
+    has_quant = os.path.isdir(os.path.join(directory, str(step), "quant"))
+    if has_quant:
+      items["quant"] = ocp.args.StandardRestore(target("quant"))
+    out = manager.restore(step, args=ocp.args.Composite(**items))
   finally:
     manager.close()
-  return (out["params"], out["meta"]) if with_meta else out["params"]
+  return out["params"], (out["quant"] if has_quant else None), out["meta"]
+
+
+def restore_params(workdir, stage: str = "float", which: str = "best", step: int | None = None,
+                   with_meta: bool = False):
+  """The params of a run (a nested dict of jax arrays on the first local device), without an optimizer
+  (see `restore_stage`). `with_meta=True` returns (params, meta)."""
+  params, _, meta = restore_stage(workdir, stage, which, step)
+  return (params, meta) if with_meta else params
 
 
 class _DropOrbaxInfo(std_logging.Filter):
@@ -147,7 +181,16 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir (bin/train.py --workdir)?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(tree):
+  """JSON arrays back to the tuples the config file wrote (a ConfigDict field keeps its first type)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -10,7 +10,7 @@ leading axis stays sharded in every chunk when chunk_size is a multiple of the d
 """
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any, Callable
 
 import flax
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from densetnt_jax.data.scene import MODEL_INPUT_FIELDS
 from densetnt_jax.model.densetnt import Prediction
 from densetnt_jax.model.loss import densetnt_loss, valid_scenes
 
@@ -28,24 +29,43 @@ LABEL_FIELDS = ("future_Fx2", "goal_index", "has_future")
 
 @flax.struct.dataclass
 class TrainState:
+  """`quant`: the fake-quant stages' scales (`densetnt_jax.quant`), carried through every step but never
+  trained (activation scales frozen after calibration); None for the float stage."""
   step: jax.Array
   params: Any
   opt_state: Any
+  quant: Any = None
+
+
+def variables(params: Any, quant: Any = None) -> dict:
+  """The model's variables: {"params"} (float) or {"params", "quant"} (fake-quant; quant not mutable)."""
+  return {"params": params} if quant is None else {"params": params, "quant": quant}
 
 
 def learning_rate_schedule(train_config, steps_per_epoch: int) -> optax.Schedule:
-  """Linear warm-up from 0 over `warmup_epochs`, then cosine decay to 0 at `epochs` (HAT's seed schedule)."""
+  """Linear warm-up from 0 over `warmup_epochs`, then `schedule`: "cosine" decay to 0 at `epochs` (HAT's
+  float seed schedule, the default) or "step": x `decay_factor` at each of `decay_epochs` (HAT's QAT)."""
   t = train_config
   warmup = max(int(round(t.warmup_epochs * steps_per_epoch)), 0)
   total = max(int(round(t.epochs * steps_per_epoch)), warmup + 1)
-  cosine = optax.cosine_decay_schedule(t.learning_rate, decay_steps=total - warmup)
+  kind = t.get("schedule", "cosine")
+  if kind == "cosine":
+    main = optax.cosine_decay_schedule(t.learning_rate, decay_steps=total - warmup)
+  elif kind == "step":
+    bounds = sorted(int(round(e * steps_per_epoch)) - warmup for e in t.decay_epochs)
+    scales: dict[int, float] = {}
+    for b in bounds:
+      scales[b] = scales.get(b, 1.0) * float(t.decay_factor)
+    main = optax.piecewise_constant_schedule(t.learning_rate, scales)
+  else:
+    raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'cosine' or 'step'")
   if warmup == 0:
-    return cosine
-  return optax.join_schedules([optax.linear_schedule(0.0, t.learning_rate, warmup), cosine], [warmup])
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, t.learning_rate, warmup), main], [warmup])
 
 
 def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW on the cosine/warm-up schedule; the current learning rate is readable in the state."""
+  """AdamW on the stage's schedule; the current learning rate is readable in the state."""
   t = train_config
   if steps_per_epoch < 1:
     raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch}")
@@ -55,14 +75,14 @@ def make_optimizer(train_config, steps_per_epoch: int) -> optax.GradientTransfor
 
 
 def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
-                     example_inputs: dict) -> TrainState:
-  """Params from one example batch (labels optional: a GT endpoint of zeros is used when absent)."""
-  inputs = dict(example_inputs)
-  if "future_Fx2" not in inputs:
-    b, pred_steps = inputs["goals_Gx2"].shape[0], model.decoder.pred_steps
-    inputs["future_Fx2"] = jnp.zeros((b, pred_steps, 2), jnp.float32)
-  params = model.init(rng, inputs, train=True)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+                     example_inputs: dict, *, params: Any = None, quant: Any = None) -> TrainState:
+  """A fresh optimizer on `params` (default: initialised from the first scene of an example batch, whose
+  shapes are all that matter; labels optional); `quant`, the fake-quant scales, is carried unchanged."""
+  if params is None:
+    inputs = {k: v[:1] for k, v in example_inputs.items() if k in MODEL_INPUT_FIELDS}
+    inputs["future_Fx2"] = jnp.zeros((1, model.decoder.pred_steps, 2), jnp.float32)
+    params = jax.jit(functools.partial(model.init, train=True))(rng, inputs)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), quant=quant)
 
 
 def _chunking(batch_size: int, chunk_size: int | None) -> int:
@@ -99,7 +119,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, optimizer: o
   normalizer = jnp.maximum(n_valid, 1.0)
 
   def chunk_loss(params, chunk, normalizer):
-    outputs = model.apply({"params": params}, chunk, train=True)
+    outputs = model.apply(variables(params, state.quant), chunk, train=True)
     return densetnt_loss(outputs, chunk, loss_config, normalizer=normalizer)
 
   grad_fn = jax.value_and_grad(chunk_loss, has_aux=True)
@@ -115,20 +135,21 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module, optimizer: o
 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads), "labelled_scenes": n_valid}
-  hyper = getattr(state.opt_state, "hyperparams", None)
+  metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads), "labelled_scenes": n_valid}
+  hyper = getattr(opt_state, "hyperparams", None)
   if hyper is not None and "learning_rate" in hyper:
-    metrics["learning_rate"] = hyper["learning_rate"]
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    metrics["learning_rate"] = hyper["learning_rate"]     # the rate this step applied
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, quant=state.quant), metrics
 
 
-def predict_step(params: Any, inputs: dict, *, model: nn.Module,
+def predict_step(params: Any, inputs: dict, quant: Any = None, *, model: nn.Module,
                  chunk_size: int | None = DEFAULT_CHUNK) -> Prediction:
-  """Prediction for a batch (labels in `inputs` are ignored). Pure: jit with partial(model=...)."""
+  """Prediction for a batch (labels in `inputs` are ignored); fake-quant when `quant` is given. Pure: jit
+  with partial(model=...)."""
   inputs = {k: v for k, v in inputs.items() if k not in LABEL_FIELDS}
   b = inputs["goals_Gx2"].shape[0]
   c = _chunking(b, chunk_size)
-  apply: Callable = lambda x: model.apply({"params": params}, x, method="predict")
+  apply: Callable = lambda x: model.apply(variables(params, quant), x, method="predict")
   if c == b:
     return apply(inputs)
   return _merge(jax.lax.map(apply, _split(inputs, c)))

@@ -1,0 +1,207 @@
+"""The stages after float (HAT's `--stage calibration`, `--stage qat`, then the fixed-point model), each reading
+the previous stage's best checkpoint from the same workdir:
+
+  float        -> {workdir}/float/best         random init, `loop.train_and_evaluate`
+  calibration  -> {workdir}/calibration/best/0 float params + activation scales from `config.quant.calibration_batches`
+                                               train batches (`densetnt_jax.quant.calibrate`), then a fake-quant eval
+  qat          -> {workdir}/qat/best           the float loop on the fake-quant model (`config.qat` optimizer)
+  int          -> {workdir}/int/program        `densetnt_jax.quant.convert` of the qat best, evaluated by the
+                                               integer interpreter
+
+Every stage logs its val metrics to `{workdir}/{stage}/metrics.jsonl` under the float stage's names
+(`val/minFDE_k6`, ...). `run_stage` is what `bin/train.py --stage=...` calls.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from densetnt_jax.data.scene import model_inputs
+from densetnt_jax.train import checkpoint as ckpt
+from densetnt_jax.train import loop
+
+STAGES = ckpt.STAGES
+STAGE_INPUT = {"calibration": "float", "qat": "calibration", "int": "qat"}   # stage -> the stage it starts from
+PROGRAM_DIR = "program"
+
+
+class MissingStageError(FileNotFoundError):
+  """A stage's input (the previous stage's checkpoint or program) is not in the workdir."""
+
+
+def _run_hint(stage: str, workdir) -> str:
+  return f"python bin/train.py --stage={stage} --config=... --workdir={workdir}"
+
+
+def load_stage_input(workdir, stage: str) -> tuple[dict, dict | None]:
+  """(params, quant or None) of the checkpoint `stage` starts from: the best of the previous stage."""
+  if stage not in STAGE_INPUT:
+    raise ValueError(f"stage {stage!r} has no input checkpoint; stages with one: {list(STAGE_INPUT)}")
+  prev = STAGE_INPUT[stage]
+  try:
+    params, quant, meta = ckpt.restore_stage(workdir, prev, "best")
+  except FileNotFoundError as e:
+    raise MissingStageError(
+        f"--stage={stage} starts from the {prev} stage's best checkpoint, and there is none in "
+        f"{ckpt.checkpoint_dir(workdir, prev, 'best')}: run --stage={prev} first:\n  "
+        f"{_run_hint(prev, workdir)}") from e
+  if prev != "float" and quant is None:
+    raise MissingStageError(f"{ckpt.checkpoint_dir(workdir, prev, 'best')} (step {meta.get('step')}) has no "
+                            f"quant state: it was not written by --stage={prev}; run --stage={prev} again")
+  logging.info("--stage=%s starts from %s step %s", stage, ckpt.checkpoint_dir(workdir, prev, "best"),
+               meta.get("step"))
+  return params, quant
+
+
+def program_dir(workdir) -> str:
+  return os.path.join(os.path.abspath(str(workdir)), "int", PROGRAM_DIR)
+
+
+def load_program(workdir):
+  """The int stage's program, or a MissingStageError saying to run it."""
+  from densetnt_jax.quant import load_program as _load
+  path = program_dir(workdir)
+  if not os.path.isdir(path):
+    raise MissingStageError(f"no integer program in {path}: run --stage=int first:\n  {_run_hint('int', workdir)}")
+  return _load(path)
+
+
+def _fresh_log(stage_dir: str, tensorboard: bool) -> loop._Log:
+  """A new metrics.jsonl for a stage that runs in one go (a re-run replaces the old log)."""
+  if jax.process_index() == 0 and os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
+    os.remove(os.path.join(stage_dir, "metrics.jsonl"))
+  return loop._Log(stage_dir, tensorboard, resume_step=0)
+
+
+def _warn_if_downstream(workdir: str, stage: str) -> None:
+  later = [s for s, prev in STAGE_INPUT.items() if prev == stage]
+  for s in later:
+    if os.path.isdir(os.path.join(workdir, s)):
+      logging.warning("%s/%s exists and was made from the previous %s result; re-run --stage=%s (in a new "
+                      "workdir or after removing %s/%s) to use the new one", workdir, s, stage, s, workdir, s)
+
+
+def calibration_batches(config, dataset, num: int | None = None):
+  """The first `config.quant.calibration_batches` shuffled train batches (epoch 0 of the float order) of
+  `config.quant.calibration_batch_size` scenes (default: the train batch size), as model-input dicts."""
+  q = config.quant
+  num = int(q.calibration_batches) if num is None else num
+  size = int(q.get("calibration_batch_size", 0) or config.train.batch_size)
+  batches = dataset.batches(size, shuffle=True, seed=config.seed, epoch=0, drop_remainder=True,
+                            prefetch=config.data.prefetch)
+  return (model_inputs(scene) for scene in itertools.islice(batches, num))
+
+
+def evaluate_stage(config, predict_fn, params, quant=None) -> dict[str, float]:
+  """val metrics (`val/...`) of a predict function `(params, inputs, quant) -> (trajs, probs)` on the mesh."""
+  t = config.train
+  mesh = loop.make_mesh()
+  val_ds = loop.open_split(config.data, config.data.val_split)
+  params = loop.replicate(params, mesh) if params is not None else None
+  quant = loop.replicate(quant, mesh) if quant is not None else None
+  val = loop.evaluate(predict_fn(mesh), params, val_ds, config.eval, t.eval_batch_size, mesh,
+                      max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=quant)
+  return {f"val/{k}": v for k, v in val.items()}
+
+
+def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Calibrates the float best on train batches, saves {workdir}/calibration/best/0, evaluates it (fake-quant)."""
+  from densetnt_jax.model import build_model
+  from densetnt_jax.quant import calibrate, init_quant_state
+
+  workdir = os.path.abspath(str(workdir))
+  params, _ = load_stage_input(workdir, "calibration")
+  loop.check_batch_sizes(config.train)
+  train_ds = loop.open_split(config.data, config.data.train_split)
+  if jax.process_index() == 0:
+    ckpt.save_config(config, workdir)
+  model = build_model(config)
+  start = time.perf_counter()
+  quant = init_quant_state(model, params, model_inputs(train_ds.make_batch([0])), config.quant)
+  quant = calibrate(model, params, quant, calibration_batches(config, train_ds), config.quant)
+  quant = jax.device_get(quant)
+  seconds = time.perf_counter() - start
+
+  stage_dir = os.path.join(workdir, "calibration")
+  best_dir = ckpt.checkpoint_dir(workdir, "calibration", "best")
+  if jax.process_index() == 0 and os.path.isdir(best_dir):
+    shutil.rmtree(best_dir)                # calibration is deterministic: a re-run replaces it
+  _warn_if_downstream(workdir, "calibration")
+  meta = {"step": 0, "stage": "calibration", "calibration_batches": int(config.quant.calibration_batches),
+          "observer": str(config.quant.get("observer", ""))}
+  manager = ckpt.single_manager(best_dir)
+  try:
+    ckpt.save(manager, 0, params=params, quant=quant, meta=meta)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+  log = _fresh_log(stage_dir, bool(config.train.tensorboard))
+  try:
+    val = evaluate_stage(config, lambda mesh: loop.make_predict_fn(model, mesh), params, quant)
+    log.write(0, {"calibration/seconds": seconds, **val})
+  finally:
+    log.close()
+  return {"step": 0, "calibration/seconds": seconds, **val}
+
+
+def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Converts the qat best to an integer program ({workdir}/int/program) and evaluates it (interpreter)."""
+  from densetnt_jax.model import build_model
+  from densetnt_jax.quant import convert
+
+  workdir = os.path.abspath(str(workdir))
+  params, quant = load_stage_input(workdir, "int")
+  loop.check_batch_sizes(config.train)
+  val_ds = loop.open_split(config.data, config.data.val_split)
+  if jax.process_index() == 0:
+    ckpt.save_config(config, workdir)
+  model = build_model(config)
+  start = time.perf_counter()
+  example = model_inputs(val_ds.make_batch(np.arange(min(len(val_ds), config.train.eval_batch_size))))
+  program = convert(model, params, quant, example, config)
+  seconds = time.perf_counter() - start
+  path = program_dir(workdir)
+  if jax.process_index() == 0:
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    program.save(path)
+  stage_dir = os.path.join(workdir, "int")
+  log = _fresh_log(stage_dir, bool(config.train.tensorboard))
+  try:
+    val = evaluate_stage(config, lambda mesh: make_program_predict_fn(program), None)
+    log.write(0, {"int/convert_seconds": seconds, **val})
+  finally:
+    log.close()
+  return {"step": 0, "int/convert_seconds": seconds, "program": path, **val}
+
+
+def make_program_predict_fn(program):
+  """The integer program as a loop predict function: (params (unused), inputs, quant (unused)) -> (trajs, probs)."""
+  from densetnt_jax.quant import run_program
+
+  def fn(params, inputs, quant=None):
+    del params, quant
+    pred = run_program(program, inputs)
+    return pred.trajs_BxKxFx2, pred.probs_BxK
+
+  return fn
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir, stage: str) -> dict:
+  """One stage of the pipeline (what `bin/train.py --stage=STAGE` runs); returns its final metrics."""
+  if stage in loop.TRAINED_STAGES:
+    return loop.train_and_evaluate(config, workdir, stage=stage)
+  if stage == "calibration":
+    return run_calibration(config, workdir)
+  if stage == "int":
+    return run_int(config, workdir)
+  raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
