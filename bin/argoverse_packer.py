@@ -3,11 +3,11 @@
   python bin/argoverse_packer.py --src-data-dir ARGO_DIR --mode train --pack-type lmdb \
       --num-workers 10 --target-data-dir data/argoverse1_lmdb [--config=configs/argo.py]
 """
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.data.pack import pack_split
 
 flags.DEFINE_string("src_data_dir", None, "Argoverse 1.1 root: {train,val,test_obs}/data/*.csv, map_files/.",
@@ -31,14 +31,5 @@ def main(argv):
   return 0
 
 
-def _underscore_flag(arg: str) -> str:
-  """HAT spells flags with dashes (--src-data-dir); absl uses underscores. Accept both."""
-  if not arg.startswith("--"):
-    return arg
-  name, eq, value = arg[2:].partition("=")
-  return "--" + name.replace("-", "_") + eq + value
-
-
 if __name__ == "__main__":
-  sys.argv = [sys.argv[0]] + [_underscore_flag(a) for a in sys.argv[1:]]
-  app.run(main)
+  cli.run(main)

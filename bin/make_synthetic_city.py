@@ -3,10 +3,10 @@
   python bin/make_synthetic_city.py --out-dir data/synthetic_city --num-train 2000 --num-val 400
 """
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
 
+from densetnt_jax import cli
 from densetnt_jax.data.synthetic import write_synthetic_city
 
 flags.DEFINE_string("out_dir", "data/synthetic_city", "Output root (official Argoverse 1.1 layout).")
@@ -25,14 +25,5 @@ def main(argv):
   return 0
 
 
-def _underscore_flag(arg: str) -> str:
-  """Accept --out-dir as well as absl's --out_dir."""
-  if not arg.startswith("--"):
-    return arg
-  name, eq, value = arg[2:].partition("=")
-  return "--" + name.replace("-", "_") + eq + value
-
-
 if __name__ == "__main__":
-  sys.argv = [sys.argv[0]] + [_underscore_flag(a) for a in sys.argv[1:]]
-  app.run(main)
+  cli.run(main)
