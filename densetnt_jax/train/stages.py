@@ -99,14 +99,15 @@ def calibration_batches(config, dataset, num: int | None = None):
   return (model_inputs(scene) for scene in itertools.islice(batches, num))
 
 
-def evaluate_stage(config, predict_fn, params, quant=None) -> dict[str, float]:
-  """val metrics (`val/...`) of a predict function `(params, inputs, quant) -> (trajs, probs)` on the mesh."""
+def evaluate_stage(config, make_predict_fn, params, quant=None) -> dict[str, float]:
+  """val metrics (`val/...`) of `make_predict_fn(mesh)`, a predict function `(params, inputs, quant) ->
+  (trajs, probs)`, data parallel on the mesh as in training."""
   t = config.train
   mesh = loop.make_mesh()
   val_ds = loop.open_split(config.data, config.data.val_split)
   params = loop.replicate(params, mesh) if params is not None else None
   quant = loop.replicate(quant, mesh) if quant is not None else None
-  val = loop.evaluate(predict_fn(mesh), params, val_ds, config.eval, t.eval_batch_size, mesh,
+  val = loop.evaluate(make_predict_fn(mesh), params, val_ds, config.eval, t.eval_batch_size, mesh,
                       max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=quant)
   return {f"val/{k}": v for k, v in val.items()}
 
