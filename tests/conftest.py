@@ -16,6 +16,16 @@ def load_config(variant: str = ""):
   return module.get_config(variant)
 
 
+def tiny_config(lmdb_dir, overrides: dict):
+  """`configs/argo.py:tiny` reading `lmdb_dir`, with {"section.name": value} overrides."""
+  c = load_config("tiny")
+  c.data.lmdb_dir = str(lmdb_dir)
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  return c
+
+
 @pytest.fixture(scope="session")
 def argo_dir() -> pathlib.Path:
   """The real data. Missing data is an error, not a skip: CI always has shared/ beside the checkout."""

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, tiny_config
 import densetnt_jax
 from densetnt_jax.data.pack import pack_split
 from densetnt_jax.data.scene import model_inputs
@@ -36,12 +36,7 @@ TIMEOUT_S = 300
 
 
 def _config(lmdb_dir):
-  c = load_config("tiny")
-  c.data.lmdb_dir = str(lmdb_dir)
-  for key, value in OVERRIDES.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  return c
+  return tiny_config(lmdb_dir, OVERRIDES)
 
 
 def _cli(script, lmdb_dir, workdir, *extra):
