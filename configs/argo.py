@@ -125,6 +125,33 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   e.miss_threshold = 2.0
   e.k = 6
 
+  # --- deployment target (bin/model_checker.py, bin/compile_perf.py): what the integer program must fit.
+  # A J6E-class int8 accelerator by default; the checker's rules read only this section ---
+  c.target = tg = ml_collections.ConfigDict()
+  tg.name = "j6e-class"
+  tg.peak_int8_tops = 80.0               # Horizon's published J6E figure (int8 dense TOPS)
+  tg.int16_throughput = 0.25             # int16 x int8 MACs run at this fraction of the int8 rate
+  tg.mac_efficiency = 0.3                # sustained / peak MAC rate assumed for these small matrices
+  tg.dram_gb_per_s = 51.2                # LPDDR5 x64 at 6400 MT/s
+  tg.op_overhead_us = 5.0                # fixed cost per launched layer (DMA setup, sync)
+  tg.accumulator_bits = 32
+  tg.multiplier_bits = 16                # signed requant multipliers (ours: [2^14, 2^15))
+  tg.max_shift = 46                      # requant right shift range [0, max_shift] (arith.MAX_SHIFT)
+  tg.max_lut_entries = 1024              # exp / reciprocal / rsqrt tables
+  tg.max_tensor_bytes = 64 * 2**20       # one activation at the checked batch
+  tg.check_batch = 1                     # the batch the size rules and the perf estimate use
+  tg.host_ops = ("log_softmax",)         # float epilogue ops the host CPU runs (HAT: postprocess on the host)
+  tg.op_bits = ml_collections.ConfigDict(dict(   # output code widths each on-chip op kind supports
+      quantize=(8, 16), dense=(8, 16), layernorm=(8, 16), relu=(8, 16), masked_max=(8, 16),
+      masked_fill=(8, 16), matmul=(8, 16), softmax=(8, 16), add=(8, 16), mask_add=(8, 16), concat=(8, 16)))
+
+  # --- export (bin/export_onnx.py) ---
+  c.export = ex = ml_collections.ConfigDict()
+  ex.opset = 17
+  ex.num_batches = 4                     # val batches each export is run on in onnxruntime and compared
+  ex.float_atol = 1e-4                   # float ONNX vs JAX
+  ex.qdq_max_lsb = 64                    # QDQ ONNX vs the fake-quant model, in output LSB (reported as measured)
+
   if variant == "demo":
     c.workdir = "runs/demo"
     d.src_dir = "data/synthetic_city"

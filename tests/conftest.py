@@ -37,3 +37,28 @@ def argo_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def config():
   return load_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_quant():
+  """A calibrated tiny model and its integer program, shared by the quantization and deployment tests:
+  {config, model, batches (3 random-but-valid scenes batches of 4), params (random init), q0 (initial quant
+  state), quant (calibrated on the batches, the config's int16 globs), program (convert at those)}."""
+  import jax
+  import numpy as np
+  from test_model import random_batch
+  from densetnt_jax.model import build_model
+  from densetnt_jax.quant import calibrate, convert, init_quant_state
+
+  config = load_config("tiny")
+  config.quant.calibration_batches = 3
+  config.model.depth, config.model.goal_offset = 1, False
+  model = build_model(config)
+  d = config.data
+  rng = np.random.default_rng(0)
+  batches = [random_batch(rng, 4, d.max_traj_num, d.max_lane_num, d.max_goals_num) for _ in range(3)]
+  params = model.init(jax.random.key(0), batches[0], train=True)["params"]
+  q0 = init_quant_state(model, params, batches[0], config.quant)
+  quant = calibrate(model, params, q0, iter(batches), config.quant)
+  program = convert(model, params, quant, batches[0], config)
+  return dict(config=config, model=model, batches=batches, params=params, q0=q0, quant=quant, program=program)

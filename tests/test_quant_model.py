@@ -34,18 +34,8 @@ def _points(tree, prefix=()):
 
 
 @pytest.fixture(scope="module")
-def qm():
-  config = load_config("tiny")
-  config.quant.calibration_batches = NUM_BATCHES
-  # beyond tiny: the pooled-context subgraph layer (depth 2), the goal offset head and its add
-  config.model.depth, config.model.goal_offset = 1, False
-  model = build_model(config)
-  d = config.data
-  rng = np.random.default_rng(0)
-  batches = [random_batch(rng, B, d.max_traj_num, d.max_lane_num, d.max_goals_num) for _ in range(NUM_BATCHES)]
-  params = model.init(jax.random.key(0), batches[0], train=True)["params"]
-  q0 = init_quant_state(model, params, batches[0], config.quant)
-  quant = calibrate(model, params, q0, iter(batches), config.quant)
+def qm(tiny_quant):
+  config, model, params = tiny_quant["config"], tiny_quant["model"], tiny_quant["params"]
 
   def loss_fn(p, q, b):
     out = model.apply({"params": p, "quant": q}, b, train=True)
@@ -61,9 +51,7 @@ def qm():
 
   fq_predict = jax.jit(lambda p, q, x: model.apply({"params": p, "quant": q}, x, method="predict",
                                                    mutable=["intermediates"]))
-  program = convert(model, params, quant, batches[0], config)
-  return dict(config=config, model=model, batches=batches, params=params, q0=q0, quant=quant, qat_step=qat_step,
-              optimizer=optimizer, fq_predict=fq_predict, program=program)
+  return dict(tiny_quant, qat_step=qat_step, optimizer=optimizer, fq_predict=fq_predict)
 
 
 def test_quant_state_layout_and_code_widths(qm):

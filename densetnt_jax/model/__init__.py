@@ -1,12 +1,20 @@
-"""VectorNet encoder + DenseTNT decoder, loss and postprocess, all built from `primitives`."""
-from densetnt_jax.model.densetnt import (DenseTNT, Densetnt, Prediction, TrainOutputs, build_model,
-                                        finish_prediction)
-from densetnt_jax.model.loss import densetnt_loss, smooth_l1, valid_scenes
-from densetnt_jax.model.postprocess import Modes, nms_select, select_modes
-from densetnt_jax.model.vectornet import Attention, Encoding, SubGraph, Vectornet
+"""VectorNet encoder + DenseTNT decoder, loss and postprocess, all built from `primitives`.
 
-__all__ = [
-    "Attention", "DenseTNT", "Densetnt", "Encoding", "Modes", "Prediction", "SubGraph", "TrainOutputs",
-    "Vectornet", "build_model", "densetnt_loss", "finish_prediction", "nms_select", "select_modes", "smooth_l1",
-    "valid_scenes",
-]
+Names load lazily (PEP 562): `densetnt_jax.model.postprocess` alone (the integer program's epilogue, used by
+the deployment runner) imports jax only, not flax."""
+import importlib
+
+_EXPORTS = {
+    "densetnt_jax.model.densetnt": ("DenseTNT", "Densetnt", "TrainOutputs", "build_model"),
+    "densetnt_jax.model.loss": ("densetnt_loss", "smooth_l1", "valid_scenes"),
+    "densetnt_jax.model.postprocess": ("Modes", "Prediction", "finish_prediction", "nms_select", "select_modes"),
+    "densetnt_jax.model.vectornet": ("Attention", "Encoding", "SubGraph", "Vectornet"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+  if name not in _WHERE:
+    raise AttributeError(f"module 'densetnt_jax.model' has no attribute {name!r}")
+  return getattr(importlib.import_module(_WHERE[name]), name)

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from densetnt_jax.model import postprocess as post
+from densetnt_jax.model.postprocess import Prediction, finish_prediction
 from densetnt_jax.model import primitives as P
 from densetnt_jax.model.vectornet import Attention, Encoding, Vectornet
 
@@ -21,18 +21,6 @@ class TrainOutputs(NamedTuple):
   goal_logprobs_BxG: jax.Array            # masked log-softmax over the candidates
   traj_BxFx2: jax.Array                   # completion for the ground-truth endpoint future_Fx2[:, -1]
   offsets_BxGx2: Optional[jax.Array]      # goal offset regression (model.goal_offset), else None
-
-
-class Prediction(NamedTuple):
-  """Inference outputs, agent frame. Modes follow postprocess.py: padded modes copy mode 0 with probability 0."""
-  trajs_BxKxFx2: jax.Array
-  probs_BxK: jax.Array                    # sums to 1 over the K = mode_num modes
-  goals_BxKx2: jax.Array                  # the kept goals (offset-corrected when goal_offset)
-  mode_mask_BxK: jax.Array                # False for padded modes
-  goal_logprobs_BxG: jax.Array            # every candidate (masked ones are ~ -100 below the real ones)
-  topk_goals_BxNx2: jax.Array             # the top_k goals by score, best first (offset-corrected)
-  topk_logprobs_BxN: jax.Array
-  topk_valid_BxN: jax.Array               # False where fewer than top_k candidates exist
 
 
 class Densetnt(nn.Module):
@@ -166,15 +154,6 @@ class DenseTNT(nn.Module):
     out = P.outputs(goal_logprobs_BxG=logp_BxG, topk_goals_BxNx2=top_goals, topk_logprobs_BxN=top_logp,
                     topk_valid_BxN=top_valid, topk_trajs_BxNxFx2=top_trajs)
     return finish_prediction(**out, threshold=self.threshold, mode_num=self.mode_num)
-
-
-def finish_prediction(goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN,
-                      topk_trajs_BxNxFx2, *, threshold: float, mode_num: int) -> Prediction:
-  """NMS and mode probabilities on the top-k goals (float): the epilogue of predict and of the integer program."""
-  modes = post.select_modes(topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN, topk_trajs_BxNxFx2,
-                            threshold=threshold, mode_num=mode_num)
-  return Prediction(modes.trajs_BxKxFx2, modes.probs_BxK, modes.goals_BxKx2, modes.mode_mask_BxK,
-                    goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN)
 
 
 def build_model(config) -> DenseTNT:

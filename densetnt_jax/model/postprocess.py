@@ -64,3 +64,24 @@ def select_modes(goals_BxNx2: jax.Array, logprobs_BxN: jax.Array, valid_BxN: jax
   trajs = jnp.take_along_axis(trajs_BxNxFx2, index_BxK[:, :, None, None], axis=1)
   goals = jnp.take_along_axis(goals_BxNx2, index_BxK[:, :, None], axis=1)
   return Modes(trajs, probs_BxK, goals, kept_BxK)
+
+
+class Prediction(NamedTuple):
+  """Inference outputs, agent frame. Modes follow postprocess.py: padded modes copy mode 0 with probability 0."""
+  trajs_BxKxFx2: jax.Array
+  probs_BxK: jax.Array                    # sums to 1 over the K = mode_num modes
+  goals_BxKx2: jax.Array                  # the kept goals (offset-corrected when goal_offset)
+  mode_mask_BxK: jax.Array                # False for padded modes
+  goal_logprobs_BxG: jax.Array            # every candidate (masked ones are ~ -100 below the real ones)
+  topk_goals_BxNx2: jax.Array             # the top_k goals by score, best first (offset-corrected)
+  topk_logprobs_BxN: jax.Array
+  topk_valid_BxN: jax.Array               # False where fewer than top_k candidates exist
+
+
+def finish_prediction(goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN,
+                      topk_trajs_BxNxFx2, *, threshold: float, mode_num: int) -> Prediction:
+  """NMS and mode probabilities on the top-k goals (float): the epilogue of predict and of the integer program."""
+  modes = select_modes(topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN, topk_trajs_BxNxFx2,
+                            threshold=threshold, mode_num=mode_num)
+  return Prediction(modes.trajs_BxKxFx2, modes.probs_BxK, modes.goals_BxKx2, modes.mode_mask_BxK,
+                    goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN)

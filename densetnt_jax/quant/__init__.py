@@ -18,24 +18,32 @@ mutable=["intermediates"])` gives v["intermediates"]/<module path>/codes (int32 
 `codes_by_name(v["intermediates"])` flattens it to {tensor name: codes}, the same names and values as
 `run_program(program, inputs, return_codes=True)[1]` (every non-glue op with a code output: input
 quantization, dense, layernorm, relu, masked max/fill, matmul, softmax, add, concat, mask add).
-"""
-from densetnt_jax.quant import arith, fakequant, observers, qtensor
-from densetnt_jax.quant.arith import (AddParams, DenseParams, LayerNormParams, Requant, SoftmaxParams,
-                                      activation_scale, add_params, concat_params, dense_params, dequantize,
-                                      layernorm_params, matmul_params, qrange, quantize, requant_params,
-                                      softmax_params, weight_scale_per_channel)
-from densetnt_jax.quant.fakequant import fake_quant, fake_quant_weight
-from densetnt_jax.quant.observers import ObserverState, init_state, observe, scale_from
-from densetnt_jax.quant.qtensor import QTensor, codes_by_name
-from densetnt_jax.quant.calibration import calibrate, freeze_scales, init_quant_state, scales
-from densetnt_jax.quant.program import Op, Program, convert, load_program
-from densetnt_jax.quant.interpreter import run_program
 
-__all__ = [
-    "arith", "fakequant", "observers", "qtensor", "AddParams", "DenseParams", "LayerNormParams", "Requant",
-    "SoftmaxParams", "activation_scale", "add_params", "concat_params", "dense_params", "dequantize",
-    "layernorm_params", "matmul_params", "qrange", "quantize", "requant_params", "softmax_params",
-    "weight_scale_per_channel", "fake_quant", "fake_quant_weight", "ObserverState", "init_state", "observe",
-    "scale_from", "QTensor", "codes_by_name", "calibrate", "freeze_scales", "init_quant_state", "scales", "Op",
-    "Program", "convert", "load_program", "run_program",
-]
+Names load lazily (PEP 562): `program`, `interpreter` and `arith` import jax and numpy only (no flax), so the
+deployment runner loads a program without the model or training code.
+"""
+import importlib
+
+_EXPORTS = {
+    "densetnt_jax.quant.arith": (
+        "AddParams", "DenseParams", "LayerNormParams", "Requant", "SoftmaxParams", "activation_scale",
+        "add_params", "concat_params", "dense_params", "dequantize", "layernorm_params", "matmul_params", "qrange",
+        "quantize", "requant_params", "softmax_params", "weight_scale_per_channel"),
+    "densetnt_jax.quant.fakequant": ("fake_quant", "fake_quant_weight"),
+    "densetnt_jax.quant.observers": ("ObserverState", "init_state", "observe", "scale_from"),
+    "densetnt_jax.quant.qtensor": ("QTensor", "codes_by_name"),
+    "densetnt_jax.quant.calibration": ("calibrate", "freeze_scales", "init_quant_state", "scales"),
+    "densetnt_jax.quant.program": ("Op", "Program", "convert", "load_program"),
+    "densetnt_jax.quant.interpreter": ("run_program",),
+}
+_SUBMODULES = ("arith", "fakequant", "observers", "qtensor", "calibration", "program", "interpreter")
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + list(_SUBMODULES)
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"densetnt_jax.quant.{name}")
+  if name not in _WHERE:
+    raise AttributeError(f"module 'densetnt_jax.quant' has no attribute {name!r}")
+  return getattr(importlib.import_module(_WHERE[name]), name)

@@ -1,6 +1,6 @@
 """Runs an integer program: int32 arithmetic on int8/int16 codes from the input quantization to the goal
 scores and the top-k goals' trajectories, dequantized at the very end, then the float model's own
-postprocess (`densetnt.finish_prediction`: log-softmax'd scores, NMS, mode probabilities).
+postprocess (`postprocess.finish_prediction`: log-softmax'd scores, NMS, mode probabilities).
 
 Every kernel is the `arith` function the fake-quant form runs, with the program's constants, so codes agree
 with the fake-quant model bit for bit; integer ops are exact, so results do not depend on the batch size.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from densetnt_jax.model.postprocess import finish_prediction
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant.program import GLUE, Op, Program
 
@@ -76,7 +77,6 @@ def _kernel(o: Op, c: dict, xs: list) -> jax.Array:
 
 
 def _execute(program: Program, return_codes: bool, consts: dict, inputs: dict):
-  from densetnt_jax.model.densetnt import finish_prediction   # (model imports quant: import here)
   env = dict(inputs)
   for o in program.ops:
     env[o.name] = _kernel(o, consts.get(o.name, {}), [env[i] for i in o.inputs])

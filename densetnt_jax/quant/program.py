@@ -24,8 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from densetnt_jax.quant import arith as A
-from densetnt_jax.quant import qtensor as Q
-from densetnt_jax.quant.calibration import model_inputs, point_bits
 
 FORMAT = "densetnt-int-program/1"
 GLUE = ("reshape", "broadcast_to", "index", "concatenate", "tile", "moveaxis", "take_along_axis", "top_k")
@@ -235,6 +233,8 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
   same bits eagerly and under jit; eager, thousands of tiny dispatches took seconds). `config` is not needed
   (code widths live in the quant state, postprocess settings on the model); accepted for a uniform call."""
   del config
+  from densetnt_jax.quant import qtensor as Q            # flax: only the converter needs the model side
+  from densetnt_jax.quant.calibration import model_inputs, point_bits
   inputs = model_inputs(example_inputs)
   specs = {k: jax.ShapeDtypeStruct((RECORD_BATCH,) + tuple(v.shape[1:]), v.dtype) for k, v in inputs.items()}
   with Q.recording() as rec:
