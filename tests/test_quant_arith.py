@@ -91,6 +91,11 @@ def test_mul_shift_matches_int64_everywhere():
   np.testing.assert_array_equal(sat(got), sat(ref))
   # ties round half up: -3 * 2^14 >> 15 = -1.5 -> -1; 3 * 2^14 >> 15 = 1.5 -> 2
   np.testing.assert_array_equal(A.mul_shift(jnp.int32([-3, 3, -5, 5]), 2**14, 15), [-1, 2, -2, 3])
+  # the interpreter's one-branch form (a static min_shift >= 17) gives the same integers where it applies
+  big = s >= 17
+  fast = jax.jit(lambda v, m, s: A.mul_shift(v, m, s, min_shift=17))
+  got_fast = np.asarray(fast(v[big].astype(np.int32), m[big].astype(np.int32), s[big].astype(np.int32)), np.int64)
+  np.testing.assert_array_equal(got_fast, got[big])
 
 
 def test_rshift_round_no_overflow_near_int32_max():

@@ -151,7 +151,7 @@ def rshift_round(v: jax.Array, k) -> jax.Array:
   return jnp.where(k > 0, jnp.right_shift(v, k) + half_bit, v)
 
 
-def mul_shift(v: jax.Array, mult, shift) -> jax.Array:
+def mul_shift(v: jax.Array, mult, shift, min_shift: int = 0) -> jax.Array:
   """floor((v * M + 2^(s-1)) / 2^s) in int32 for any int32 v, |M| <= 32767, s >= 0; saturation-safe.
 
   Exact whenever the result lies in the int16 range; outside it the returned value is still beyond the
@@ -161,6 +161,8 @@ def mul_shift(v: jax.Array, mult, shift) -> jax.Array:
     s = 16:  A + ((rr + 2^15) >> 16)
     s > 16:  (A + 2^(s-17)) >> (s - 16)      (< 2^30 + 2^29: fits)
     s > 46:  0 (|v * M| < 2^46)
+  `min_shift`: a static lower bound of every shift (the interpreter reads it off the program's constants);
+  >= 17 skips the s <= 16 branches (the same integers, a third of the work). 0: no bound known.
   """
   v = jnp.asarray(v, jnp.int32)
   m = jnp.asarray(mult, jnp.int32)
@@ -169,6 +171,9 @@ def mul_shift(v: jax.Array, mult, shift) -> jax.Array:
   hi = jnp.right_shift(v, 16)
   lm = lo * m
   a = hi * m + jnp.right_shift(lm, 16)
+  if min_shift >= 17:
+    e = jnp.minimum(s - 16, MAX_SHIFT - 16)
+    return jnp.where(s > MAX_SHIFT, 0, jnp.right_shift(a + jnp.left_shift(1, e - 1), e))
   rr = lm & 0xFFFF
   s_lo = jnp.clip(s, 0, 15)
   a_sat = jnp.clip(a, -2**15, 2**15 - 1)
@@ -181,11 +186,27 @@ def mul_shift(v: jax.Array, mult, shift) -> jax.Array:
   return jnp.where(s > MAX_SHIFT, 0, res)
 
 
-def requantize(v: jax.Array, rq: Requant, bits: int, lower: int | None = None) -> jax.Array:
+class RequantHint(NamedTuple):
+  """Static facts about a Requant's constants that let a kernel skip work without changing any result."""
+  min_shift: int          # every shift >= this (mul_shift's one-branch form from 17)
+  pre_shift: bool         # any pre-shift > 0
+
+
+NO_HINT = RequantHint(0, True)
+
+
+def requant_hint(rq: Requant) -> RequantHint:
+  """The hint of concrete (numpy) constants; the interpreter keys its compiled runner on it."""
+  return RequantHint(int(np.min(rq.shift)), bool(np.any(np.asarray(rq.pre_shift) != 0)))
+
+
+def requantize(v: jax.Array, rq: Requant, bits: int, lower: int | None = None,
+               hint: RequantHint = NO_HINT) -> jax.Array:
   """Requantize int32 `v` by `rq` and saturate to `bits` (optionally to [lower, qmax], e.g. 0 for a fused ReLU)."""
   qmin, qmax = qrange(bits)
-  v = rshift_round(v, rq.pre_shift)
-  y = mul_shift(v, rq.multiplier, rq.shift)
+  if hint.pre_shift:
+    v = rshift_round(v, rq.pre_shift)
+  y = mul_shift(v, rq.multiplier, rq.shift, hint.min_shift)
   return jnp.clip(y, qmin if lower is None else lower, qmax)
 
 
@@ -315,11 +336,11 @@ def int_dot(a_q: jax.Array, b_q: jax.Array, a_bits: int, b_bits: int, dims) -> j
 
 
 def dense(x_q: jax.Array, p: DenseParams, y_bits: int = 8, x_bits: int = 8, w_bits: int = 8,
-          relu: bool = False) -> jax.Array:
+          relu: bool = False, hint: RequantHint = NO_HINT) -> jax.Array:
   """y = requant(x_q @ w_q + b_q) per output channel, saturated to y_bits (clipped at 0 with a fused ReLU)."""
   dims = (((x_q.ndim - 1,), (0,)), ((), ()))
   acc = int_dot(x_q, p.w_q, x_bits, w_bits, dims) + p.b_q
-  return requantize(acc, p.rq, y_bits, lower=0 if relu else None)
+  return requantize(acc, p.rq, y_bits, lower=0 if relu else None, hint=hint)
 
 
 # --------------------------------------------------------------------------------- pointwise / pooling
@@ -370,7 +391,7 @@ def matmul_params(a_scale, b_scale, y_scale, k: int, a_bits: int = 8, b_bits: in
 
 
 def matmul(a_q: jax.Array, b_q: jax.Array, rq: Requant, y_bits: int = 8, a_bits: int = 8, b_bits: int = 8,
-           transpose_b: bool = False) -> jax.Array:
+           transpose_b: bool = False, hint: RequantHint = NO_HINT) -> jax.Array:
   """Batched a @ b (or a @ b^T) over the last two axes: pre-shift (int16), int32 accumulation, requant."""
   k = a_q.shape[-1]
   ka, kb = matmul_pre_shifts(k, a_bits, b_bits)
@@ -380,7 +401,7 @@ def matmul(a_q: jax.Array, b_q: jax.Array, rq: Requant, y_bits: int = 8, a_bits:
   batch = tuple(range(nb))
   contract_b = b_q.ndim - 1 if transpose_b else b_q.ndim - 2
   acc = int_dot(a_q, b_q, a_bits, b_bits, (((a_q.ndim - 1,), (contract_b,)), (batch, batch)))
-  return requantize(acc, rq, y_bits)
+  return requantize(acc, rq, y_bits, hint=hint)
 
 
 # ------------------------------------------------------------------------------------------ softmax
@@ -521,17 +542,19 @@ def add_params(x_scale, y_scale, out_scale, x_bits: int = 8, y_bits: int = 8) ->
   return AddParams(mx, my, requant_params(fmul(s_acc, reciprocal(out_scale))))
 
 
-def add(x_q: jax.Array, y_q: jax.Array, p: AddParams, out_bits: int = 8, relu: bool = False) -> jax.Array:
+def add(x_q: jax.Array, y_q: jax.Array, p: AddParams, out_bits: int = 8, relu: bool = False,
+        hint: RequantHint = NO_HINT) -> jax.Array:
   """Residual/fusion add: requant(x * mx + y * my), optionally with a fused ReLU."""
-  return requantize(x_q * p.mx + y_q * p.my, p.rq, out_bits, lower=0 if relu else None)
+  return requantize(x_q * p.mx + y_q * p.my, p.rq, out_bits, lower=0 if relu else None, hint=hint)
 
 
 MASK_NEG_Q = -100   # the additive mask at scale 1: fits int8
 
 
-def mask_add(x_q: jax.Array, mask: jax.Array, p: AddParams, out_bits: int = 16) -> jax.Array:
+def mask_add(x_q: jax.Array, mask: jax.Array, p: AddParams, out_bits: int = 16,
+             hint: RequantHint = NO_HINT) -> jax.Array:
   """x + (0 where mask else -100), the mask an int8 tensor at scale 1 (p = add_params(s_x, 1, s_out, bx, 8))."""
-  return add(x_q, jnp.where(mask, 0, MASK_NEG_Q), p, out_bits)
+  return add(x_q, jnp.where(mask, 0, MASK_NEG_Q), p, out_bits, hint=hint)
 
 
 def concat_params(scales: Sequence, out_scale) -> list[Requant]:
@@ -539,6 +562,8 @@ def concat_params(scales: Sequence, out_scale) -> list[Requant]:
   return [requant_params(fmul(s, reciprocal(out_scale))) for s in scales]
 
 
-def concat(xs_q: Sequence[jax.Array], rqs: Sequence[Requant], out_bits: int = 8, axis: int = -1) -> jax.Array:
+def concat(xs_q: Sequence[jax.Array], rqs: Sequence[Requant], out_bits: int = 8, axis: int = -1,
+           hints: Sequence[RequantHint] | None = None) -> jax.Array:
   """Requantize every input to the common output scale, then concatenate."""
-  return jnp.concatenate([requantize(x, rq, out_bits) for x, rq in zip(xs_q, rqs)], axis=axis)
+  hints = hints or [NO_HINT] * len(rqs)
+  return jnp.concatenate([requantize(x, rq, out_bits, hint=h) for x, rq, h in zip(xs_q, rqs, hints)], axis=axis)

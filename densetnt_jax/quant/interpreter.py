@@ -26,14 +26,23 @@ def _batch_shape(shape: tuple, like: jax.Array) -> tuple:
   return tuple(like.shape[0] if d is None else d for d in shape)
 
 
-def _kernel(o: Op, c: dict, xs: list) -> jax.Array:
-  """One op on integer codes (bool masks, int32 indices; float only for the program inputs and log-softmax)."""
+def requant_hints(o: Op) -> dict[str, A.RequantHint]:
+  """{requant prefix: static hint} of an op's constants (see arith.RequantHint): part of the runner's key."""
+  prefixes = {"dense": [""], "matmul": [""], "add": [""], "mask_add": [""],
+              "concat": [f"{i}_" for i in range(len(o.inputs))]}.get(o.kind, [])
+  return {p: A.requant_hint(_rq(o.consts, p)) for p in prefixes}
+
+
+def _kernel(o: Op, c: dict, xs: list, hints: dict | None = None) -> jax.Array:
+  """One op on integer codes (bool masks, int32 indices; float only for the program inputs and log-softmax).
+  `hints` (from `requant_hints`, static) only skip work; without them every kernel takes its general path."""
   k, a = o.kind, o.attrs
+  hint = (hints or {}).get("", A.NO_HINT)
   if k == "quantize":
     return A.quantize(jnp.where(xs[1], xs[0], 0.0), c["scale"], o.bits)
   if k == "dense":
     p = A.DenseParams(c["w_q"].astype(jnp.int32), c["b_q"], _rq(c))
-    return A.dense(xs[0], p, o.bits, a["in_bits"][0], 8)
+    return A.dense(xs[0], p, o.bits, a["in_bits"][0], 8, hint=hint)
   if k == "layernorm":
     p = A.LayerNormParams(c["eps_m"], c["eps_e"], _rq(c, "z_"), c["g_q"].astype(jnp.int32), c["b_q"], _rq(c))
     return A.layernorm(xs[0], p, o.bits)
@@ -44,15 +53,16 @@ def _kernel(o: Op, c: dict, xs: list) -> jax.Array:
   if k == "masked_fill":
     return A.masked_fill(xs[0], xs[1])
   if k == "matmul":
-    return A.matmul(xs[0], xs[1], _rq(c), o.bits, a["in_bits"][0], a["in_bits"][1], a["transpose_b"])
+    return A.matmul(xs[0], xs[1], _rq(c), o.bits, a["in_bits"][0], a["in_bits"][1], a["transpose_b"], hint=hint)
   if k == "softmax":
     return A.softmax(xs[0], A.SoftmaxParams(_rq(c, "t_"), _rq(c)), None, o.bits)
   if k == "add":
-    return A.add(xs[0], xs[1], A.AddParams(c["mx"], c["my"], _rq(c)), o.bits)
+    return A.add(xs[0], xs[1], A.AddParams(c["mx"], c["my"], _rq(c)), o.bits, hint=hint)
   if k == "mask_add":
-    return A.mask_add(xs[0], xs[1], A.AddParams(c["mx"], c["my"], _rq(c)), o.bits)
+    return A.mask_add(xs[0], xs[1], A.AddParams(c["mx"], c["my"], _rq(c)), o.bits, hint=hint)
   if k == "concat":
-    return A.concat(xs, [_rq(c, f"{i}_") for i in range(len(xs))], o.bits, a["axis"])
+    rqs = [_rq(c, f"{i}_") for i in range(len(xs))]
+    return A.concat(xs, rqs, o.bits, a["axis"], [(hints or {}).get(f"{i}_", A.NO_HINT) for i in range(len(xs))])
   if k == "log_softmax":
     return jax.nn.log_softmax(A.dequantize(xs[0], c["in_scale"]), axis=-1)
   # glue: the same jnp op on codes, masks or indices
@@ -76,10 +86,25 @@ def _kernel(o: Op, c: dict, xs: list) -> jax.Array:
   raise ValueError(f"unknown op kind {k!r} ({o.name}); known: the kinds in program.py")
 
 
-def _execute(program: Program, return_codes: bool, consts: dict, inputs: dict):
+def _narrow(y: jax.Array, bits: int) -> jax.Array:
+  """Codes are stored between ops in their own width (int8 / int16): a quarter / half of the int32 traffic."""
+  if bits and y.dtype == jnp.int32:
+    return y.astype(jnp.int8 if bits <= 8 else jnp.int16)
+  return y
+
+
+def _widen(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.int32) if x.dtype in (jnp.int8, jnp.int16) else x
+
+
+def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
   env = dict(inputs)
   for o in program.ops:
-    env[o.name] = _kernel(o, consts.get(o.name, {}), [env[i] for i in o.inputs])
+    xs = [env[i] for i in o.inputs]
+    if o.kind not in GLUE or o.kind == "top_k":         # glue moves narrow codes as they are
+      xs = [_widen(x) for x in xs]
+    env[o.name] = _narrow(_kernel(o, consts.get(o.name, {}), xs, hints.get(o.name)), o.bits)
+  env = {k: _widen(v) for k, v in env.items()}
   outs = {}
   for role, name in program.outputs.items():
     o = program.op(name)
@@ -94,6 +119,11 @@ def _execute(program: Program, return_codes: bool, consts: dict, inputs: dict):
 _COMPILED: dict = {}
 
 
+def _hints(program: Program) -> dict:
+  """Recomputed on every run (about a millisecond): constants edited in place must not meet stale hints."""
+  return {o.name: requant_hints(o) for o in program.ops}
+
+
 def _structure(program: Program) -> str:
   """Everything the runner's trace depends on except the constants' values (they are arguments)."""
   s = program._cache.get("structure")
@@ -104,6 +134,16 @@ def _structure(program: Program) -> str:
   return s
 
 
+def _on_device(program: Program, v) -> jax.Array:
+  """A constant's device copy, cached by the identity of its (read-only) numpy array: an op whose constant is
+  replaced gets the new one, and nothing is transferred twice."""
+  cache = program._cache.setdefault("device", {})
+  hit = cache.get(id(v))
+  if hit is None or hit[0] is not v:
+    hit = cache[id(v)] = (v, jnp.asarray(v))
+  return hit[1]
+
+
 def run_program(program: Program, inputs: dict, return_codes: bool = False):
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's
@@ -111,15 +151,13 @@ def run_program(program: Program, inputs: dict, return_codes: bool = False):
   missing = [n for n in program.inputs if n.split("/", 1)[1] not in inputs]
   if missing:
     raise KeyError(f"run_program: inputs lack {missing}")
-  key = (_structure(program), return_codes)
+  hints = _hints(program)
+  key = (_structure(program), repr(sorted(hints.items())), return_codes)
   fn = _COMPILED.get(key)
   if fn is None:
     while len(_COMPILED) >= 8:
       _COMPILED.pop(next(iter(_COMPILED)))
-    fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, return_codes, c, x))
-  consts = program._cache.get("consts")
-  if consts is None:
-    consts = program._cache["consts"] = {o.name: {k: jnp.asarray(v) for k, v in o.consts.items()}
-                                       for o in program.ops if o.consts}
+    fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, hints, return_codes, c, x))
+  consts = {o.name: {k: _on_device(program, v) for k, v in o.consts.items()} for o in program.ops if o.consts}
   x = {n: jnp.asarray(inputs[n.split("/", 1)[1]]) for n in program.inputs}
   return fn(consts, x)

@@ -42,6 +42,11 @@ class Op:
   attrs: dict = dataclasses.field(default_factory=dict)
   consts: dict = dataclasses.field(default_factory=dict)
 
+  def __post_init__(self):
+    for v in self.consts.values():   # constants are values: replace an array, never edit one in place
+      if isinstance(v, np.ndarray):
+        v.setflags(write=False)
+
   def line(self) -> str:
     shape = "(" + ",".join("B" if d is None else str(d) for d in self.shape) + ")"
     ty = f"i{self.bits}" if self.bits else {"bool": "bool", "float32": "f32"}.get(self.dtype, self.dtype)

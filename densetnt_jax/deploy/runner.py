@@ -1,0 +1,118 @@
+"""Standalone runner of a compiled artifact: loads the file and runs it with the integer interpreter.
+
+Imports jax, numpy and the program / interpreter / postprocess modules only: no flax, optax, orbax, model or
+training code, so a deployment host needs the artifact and this package's runtime, nothing else. The
+kernels are the interpreter's (`run_program`), so results equal the interpreter's bit for bit.
+
+  python -m densetnt_jax.deploy.runner ARTIFACT --inputs DIR --outputs DIR
+
+DIR holds one `<field>.npy` per program input (trajs_TxVxC.npy, traj_vector_mask_TxV.npy, ...: the names
+after `inputs/`), loaded with allow_pickle=False; every Prediction field is written as `<field>.npy`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from densetnt_jax.deploy import artifact
+from densetnt_jax.quant.interpreter import run_program
+from densetnt_jax.quant.program import Program
+
+
+class Runner:
+  """A loaded artifact: `Runner(path)(inputs)` -> Prediction (jax arrays); `.program`, `.header`."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.program, self.header = artifact.read(path)
+
+  @property
+  def input_fields(self) -> list[str]:
+    return [n.split("/", 1)[1] for n in self.program.inputs]
+
+  def __call__(self, inputs: dict):
+    return run_program(self.program, inputs)
+
+
+def load(path: str) -> Program:
+  """The program of an artifact file (checked: magic, version, size, checksum, dtypes, LUTs)."""
+  return artifact.read(path)[0]
+
+
+def load_inputs(directory: str, fields: list[str]) -> dict[str, np.ndarray]:
+  missing = [f for f in fields if not os.path.isfile(os.path.join(directory, f"{f}.npy"))]
+  if missing:
+    raise FileNotFoundError(f"{directory} lacks " + ", ".join(f"{f}.npy" for f in missing))
+  return {f: np.load(os.path.join(directory, f"{f}.npy"), allow_pickle=False) for f in fields}
+
+
+def save_outputs(prediction, directory: str) -> list[str]:
+  os.makedirs(directory, exist_ok=True)
+  for field, value in prediction._asdict().items():
+    np.save(os.path.join(directory, f"{field}.npy"), np.asarray(value), allow_pickle=False)
+  return list(prediction._fields)
+
+
+TRAINING_SIDE = ("flax", "optax", "orbax")
+
+
+def training_modules() -> list[str]:
+  """Loaded modules a deployment host should not need: flax / optax / orbax, the model and the training code."""
+  return sorted(m for m in sys.modules if m.split(".")[0] in TRAINING_SIDE
+                or m.startswith(("densetnt_jax.model.densetnt", "densetnt_jax.train")))
+
+
+def same_bits(a, b) -> bool:
+  """Bit-for-bit equality (dtype, shape and every byte: -0.0 != 0.0, NaN payloads count)."""
+  a, b = np.asarray(a), np.asarray(b)
+  return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def verify_fresh_process(path: str, inputs: dict, reference, timeout: float = 600) -> list[str]:
+  """Runs the artifact in a new Python process (`python -m densetnt_jax.deploy.runner`) on `inputs` and compares
+  its outputs with `reference` (a Prediction); returns the fields that differ in any bit ([] = bit-exact)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    in_dir, out_dir = os.path.join(tmp, "inputs"), os.path.join(tmp, "outputs")
+    os.makedirs(in_dir)
+    for field, value in inputs.items():
+      np.save(os.path.join(in_dir, f"{field}.npy"), np.asarray(value), allow_pickle=False)
+    proc = subprocess.run([sys.executable, "-m", "densetnt_jax.deploy.runner", path, "--inputs", in_dir,
+                           "--outputs", out_dir], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+      raise RuntimeError(f"the runner process failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return [f for f, v in reference._asdict().items()
+            if not same_bits(np.load(os.path.join(out_dir, f"{f}.npy"), allow_pickle=False), v)]
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("artifact")
+  parser.add_argument("--inputs", required=True, help="directory of <field>.npy inputs")
+  parser.add_argument("--outputs", required=True, help="directory the Prediction fields are written to")
+  args = parser.parse_args(argv)
+  try:
+    runner = Runner(args.artifact)
+  except (artifact.ArtifactError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  inputs = load_inputs(args.inputs, runner.input_fields)
+  start = time.perf_counter()
+  pred = jax.block_until_ready(runner(inputs))
+  seconds = time.perf_counter() - start
+  fields = save_outputs(pred, args.outputs)
+  batch = next(iter(inputs.values())).shape[0]
+  print(f"ran {args.artifact} ({len(runner.program.ops)} ops) on batch {batch} in {seconds:.2f} s "
+        f"(compile included); wrote {len(fields)} outputs to {args.outputs}; training-side modules loaded: "
+        + (", ".join(training_modules()) or "none"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
