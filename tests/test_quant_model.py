@@ -62,7 +62,7 @@ def test_quant_state_layout_and_code_widths(qm):
                "decoder/goal_embed/dense", "encoder/global_graph/scores", "encoder/global_graph/mask_add",
                "decoder/goal_mask_add", "decoder/goal_score"):
     assert bits[name] == 16, name
-  for name in ("encoder/traj_subgraph/layer_0/dense", "encoder/global_graph/softmax", "decoder/traj_out"):
+  for name in ("encoder/lane_subgraph/layer_0/dense", "encoder/global_graph/softmax", "decoder/traj_out"):
     assert bits[name] == 8, name
   for name, pt in points.items():
     assert set(pt) == {"qmax", "scale", "observer"}
@@ -160,6 +160,9 @@ def test_interpreter_is_reproducible_and_batch_independent(qm):
   first, codes = run_program(program, x, return_codes=True)
   second, _ = run_program(program, x, return_codes=True)
   jax.tree.map(np.testing.assert_array_equal, first, second)
+  fused, codes_fused = run_program(program, x, return_codes=True, mode="fused")   # one jit: the same bits
+  jax.tree.map(np.testing.assert_array_equal, first, fused)
+  jax.tree.map(np.testing.assert_array_equal, codes, codes_fused)
   for i in range(B):
     one, codes_one = run_program(program, {k: v[i:i + 1] for k, v in x.items()}, return_codes=True)
     for a, b in zip(one, first):
@@ -175,7 +178,7 @@ def test_program_save_load_round_trip_and_listing(qm, tmp_path):
   assert str(loaded) == str(program)
   lines = str(program).splitlines()
   assert len(lines) == 1 + len(program.inputs) + len(program.ops)
-  assert any(l.startswith("dense") and "encoder/traj_subgraph/layer_0/dense" in l and "i8" in l for l in lines)
+  assert any(l.startswith("dense") and "encoder/lane_subgraph/layer_0/dense" in l and "i8" in l for l in lines)
   for a, b in zip(program.ops, loaded.ops):
     assert (a.name, a.kind, a.inputs, a.shape, a.bits, a.scale, a.attrs) == \
         (b.name, b.kind, b.inputs, b.shape, b.bits, b.scale, b.attrs)

@@ -97,22 +97,64 @@ def _widen(x: jax.Array) -> jax.Array:
   return x.astype(jnp.int32) if x.dtype in (jnp.int8, jnp.int16) else x
 
 
-def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
-  env = dict(inputs)
-  for o in program.ops:
-    xs = [env[i] for i in o.inputs]
-    if o.kind not in GLUE or o.kind == "top_k":         # glue moves narrow codes as they are
-      xs = [_widen(x) for x in xs]
-    env[o.name] = _narrow(_kernel(o, consts.get(o.name, {}), xs, hints.get(o.name)), o.bits)
-  env = {k: _widen(v) for k, v in env.items()}
+def _step(o: Op, c: dict, xs: list, hints: dict | None) -> jax.Array:
+  """One op as the runner executes it: narrow codes in, its kernel on int32, narrow codes out."""
+  if o.kind not in GLUE or o.kind == "top_k":         # glue moves narrow codes as they are
+    xs = [_widen(x) for x in xs]
+  return _narrow(_kernel(o, c, xs, hints), o.bits)
+
+
+def _finish(program: Program, consts: dict, env: dict):
+  """Dequantize the program outputs, then the float epilogue (NMS, mode probabilities)."""
   outs = {}
   for role, name in program.outputs.items():
     o = program.op(name)
-    outs[role] = A.dequantize(env[name], consts[name]["scale"]) if o.bits else env[name]
-  pred = finish_prediction(**outs, threshold=program.meta["threshold"], mode_num=program.meta["mode_num"])
+    outs[role] = A.dequantize(_widen(env[name]), consts[name]["scale"]) if o.bits else env[name]
+  return finish_prediction(**outs, threshold=program.meta["threshold"], mode_num=program.meta["mode_num"])
+
+
+def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
+  """The whole program as one trace (mode="fused")."""
+  env = dict(inputs)
+  for o in program.ops:
+    env[o.name] = _step(o, consts.get(o.name, {}), [env[i] for i in o.inputs], hints.get(o.name))
+  pred = _finish(program, consts, env)
   if not return_codes:
     return pred
-  return pred, {n: env[n] for n in program.code_ops()}
+  return pred, {n: _widen(env[n]) for n in program.code_ops()}
+
+
+# op signature -> jitted kernel (mode="ops"); ops of the same kind, attributes, widths and hints share one
+_OP_KERNELS: dict = {}
+
+
+def _op_kernel(o: Op, hints: dict):
+  sig = (o.kind, o.bits, o.dtype, repr(sorted(o.attrs.items())), tuple(sorted(o.consts)), repr(hints))
+  fn = _OP_KERNELS.get(sig)
+  if fn is None:
+    if len(_OP_KERNELS) >= 4096:
+      _OP_KERNELS.clear()
+    fn = _OP_KERNELS[sig] = jax.jit(lambda c, xs, o=o, h=hints: _step(o, c, xs, h))
+  return fn
+
+
+def _execute_ops(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
+  """Op by op, each op one jitted kernel (mode="ops"), the way an accelerator runtime launches layers: every
+  op's output is materialized once. In one trace XLA fuses each requant chain into all of its consumers
+  (a LayerNorm's four row reductions recompute the dense + add before it), which measured slower."""
+  env = dict(inputs)
+  for o in program.ops:
+    env[o.name] = _op_kernel(o, hints.get(o.name))(consts.get(o.name, {}), [env[i] for i in o.inputs])
+  key = ("finish", _structure(program))
+  finish = _OP_KERNELS.get(key)
+  if finish is None:
+    finish = _OP_KERNELS[key] = jax.jit(lambda c, e: _finish(program, c, e))
+  outputs = {name: env[name] for name in program.outputs.values()}
+  pred = finish({name: consts[name] for name in outputs if name in consts}, outputs)
+  if not return_codes:
+    return pred
+  widen = _OP_KERNELS.setdefault("widen", jax.jit(lambda d: {k: _widen(v) for k, v in d.items()}))
+  return pred, widen({n: env[n] for n in program.code_ops()})
 
 
 # (program structure, return_codes) -> jitted runner: a saved and reloaded program reuses the executable
@@ -144,20 +186,25 @@ def _on_device(program: Program, v) -> jax.Array:
   return hit[1]
 
 
-def run_program(program: Program, inputs: dict, return_codes: bool = False):
+def run_program(program: Program, inputs: dict, return_codes: bool = False, mode: str = "ops"):
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's
-  `intermediates` names)."""
+  `intermediates` names). mode "ops": one jitted kernel per op; "fused": the whole program in one jit.
+  Both give the same bits."""
   missing = [n for n in program.inputs if n.split("/", 1)[1] not in inputs]
   if missing:
     raise KeyError(f"run_program: inputs lack {missing}")
+  if mode not in ("ops", "fused"):
+    raise ValueError(f"run_program: mode {mode!r}; expected 'ops' or 'fused'")
   hints = _hints(program)
+  consts = {o.name: {k: _on_device(program, v) for k, v in o.consts.items()} for o in program.ops if o.consts}
+  x = {n: jnp.asarray(inputs[n.split("/", 1)[1]]) for n in program.inputs}
+  if mode == "ops":
+    return _execute_ops(program, hints, return_codes, consts, x)
   key = (_structure(program), repr(sorted(hints.items())), return_codes)
   fn = _COMPILED.get(key)
   if fn is None:
     while len(_COMPILED) >= 8:
       _COMPILED.pop(next(iter(_COMPILED)))
     fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, hints, return_codes, c, x))
-  consts = {o.name: {k: _on_device(program, v) for k, v in o.consts.items()} for o in program.ops if o.consts}
-  x = {n: jnp.asarray(inputs[n.split("/", 1)[1]]) for n in program.inputs}
   return fn(consts, x)
