@@ -1,0 +1,654 @@
+"""ONNX export of the three deployable forms, emitted with `onnx.helper` from the integer program's op list
+(`quant.program`: the model's predict path recorded layer by layer), and their agreement in onnxruntime:
+
+  float  the float model: MatMul/Add, LayerNorm and softmax decomposed as the float primitives compute them,
+         Relu, masked ReduceMax, LogSoftmax, TopK; float params by op name. Bar: within config.export.float_atol.
+  qat    QDQ: the float ops with QuantizeLinear/DequantizeLinear after every quantization point (activation
+         scales of the quant state; int16 points need opset >= 21) and int8 per-channel weights
+         (DequantizeLinear axis=1, int32 bias on the s_x s_w grid): the portable form other toolchains read.
+         Compared with the fake-quant model in output LSB; onnxruntime's fused kernels re-derive the arithmetic.
+  int    the integer program itself: MatMulInteger, int32 requantization with Mul/Div/Mod, Gather for the
+         exp/reciprocal/rsqrt tables (`onnx_ops`), float only where inputs are quantized, at the dequantized
+         outputs and in the log-softmax epilogue. Bar: bit-identical to `run_program` (and its per-op codes).
+
+Every graph has the model-input fields as inputs (batch axis symbolic, "B") and ends at the program's five
+outputs: goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN, topk_trajs_BxNxFx2. Goal NMS
+and mode selection stay on the host: `finish(outputs, threshold, mode_num)` runs the model's own
+`postprocess.finish_prediction` on them (as `run_program` does). No TensorFlow, no jax2onnx.
+
+  proto = export_int(program); sess = make_session(proto); outs = run_onnx(sess, inputs)
+  result = check_export("int", proto, batches, int_reference(program), config)   # numbers + failures
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+import onnx
+
+from densetnt_jax.deploy import onnx_ops as ops
+from densetnt_jax.deploy.onnx_ops import Emitter, i32
+from densetnt_jax.quant import arith as A
+from densetnt_jax.quant.program import GLUE, Program
+
+OUTPUT_ROLES = ("goal_logprobs_BxG", "topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
+LOGPROB_ROLES = ("goal_logprobs_BxG", "topk_logprobs_BxN")    # float epilogue (config.target.host_ops)
+TOPK_ROLES = ("topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
+POINT_KINDS = ("quantize", "dense", "layernorm", "matmul", "softmax", "add", "mask_add", "concat")
+STAGES = ("float", "qat", "int")
+DEFAULT_OPSET = 21          # int16 QuantizeLinear / DequantizeLinear
+F32_MIN = np.float32(np.finfo(np.float32).min)
+
+
+def _opset(config) -> int:
+  if config is None or "export" not in config:
+    return DEFAULT_OPSET
+  return int(config.export.get("opset", DEFAULT_OPSET))
+
+
+def _at(tree, name: str):
+  for k in name.split("/"):
+    tree = tree[k]
+  return tree
+
+
+def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: str,
+           extra_outputs: tuple = ()) -> onnx.ModelProto:
+  """Walks the program's ops through `emit_op(e, op, xs, in_shapes) -> tensor`; `out_value(e, op, t) ->
+  (tensor, dtype)` turns an output tensor into the graph output; `extra_outputs`: op names exposed too."""
+  e = Emitter()
+  env, shapes, inputs = {}, {}, []
+  for tname, (shape, dtype) in program.inputs.items():
+    field = tname.split("/", 1)[1]
+    env[tname], shapes[tname] = field, tuple(shape)
+    inputs.append(ops.value_info(field, shape, dtype))
+  for op in program.ops:
+    e.scope = op.name
+    env[op.name] = emit_op(e, op, [env[i] for i in op.inputs], [shapes[i] for i in op.inputs])
+    shapes[op.name] = tuple(op.shape)
+  e.scope = "outputs"
+  outputs = []
+  for role in OUTPUT_ROLES:
+    op = program.op(program.outputs[role])
+    value, dtype = out_value(e, op, env[op.name])
+    e.node("Identity", [value], outputs=role)
+    outputs.append(ops.value_info(role, op.shape, dtype))
+  for oname in extra_outputs:
+    op = program.op(oname)
+    e.node("Identity", [env[oname]], outputs=f"codes/{oname}")
+    outputs.append(ops.value_info(f"codes/{oname}", op.shape, np.int32))
+  return e.model(inputs, outputs, opset=opset, name=name, doc=doc)
+
+
+# ------------------------------------------------------------------------------------------- float ops
+def _float_dense(e: Emitter, x, kernel, bias):
+  """primitives.dense: x @ kernel + bias; K <= SMALL_K as the float form's broadcast multiply-adds."""
+  from densetnt_jax.model.primitives import SMALL_K
+  k = kernel.shape[0]
+  if k <= SMALL_K:
+    y = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
+    for i in range(k):
+      xi = e.node("Slice", [x, np.asarray([i], np.int64), np.asarray([i + 1], np.int64), np.asarray([-1], np.int64)])
+      y = e.node("Add", [y, e.node("Mul", [xi, kernel[i]])])
+    return y
+  y = e.node("MatMul", [x, kernel])
+  return y if bias is None else e.node("Add", [y, bias])
+
+
+def _float_layernorm(e: Emitter, x, scale, bias, eps: float):
+  """primitives.layernorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * scale + bias."""
+  mean = e.reduce("ReduceMean", x, -1)
+  c = e.node("Sub", [x, mean])
+  var = e.reduce("ReduceMean", e.node("Mul", [c, c]), -1)
+  rstd = e.node("Reciprocal", [e.node("Sqrt", [e.node("Add", [var, np.float32(eps)])])])
+  return e.node("Add", [e.node("Mul", [e.node("Mul", [c, rstd]), scale]), bias])
+
+
+def _masked_max(e: Emitter, x, mask_xV, low):
+  """Max over axis -2 where mask (the vector mask, broadcast over channels); all-masked rows give 0."""
+  m = e.unsqueeze(mask_xV, [-1])
+  pooled = e.reduce("ReduceMax", e.where(m, x, low), -2, keepdims=False)
+  anyv = e.cast(e.reduce("ReduceMax", e.cast(m, np.int32), -2, keepdims=False), bool)
+  return e.where(anyv, pooled, np.zeros((), np.asarray(low).dtype))
+
+
+def _float_softmax(e: Emitter, x):
+  ex = e.node("Exp", [e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])])
+  return e.node("Div", [ex, e.reduce("ReduceSum", ex, -1)])
+
+
+def _float_op(e: Emitter, op, xs, in_shapes, params, qdq: dict | None = None):
+  """One program op in float (qdq: {tensor: scale} of the inputs, weights as int8 + DequantizeLinear)."""
+  k, a = op.kind, op.attrs
+  if k in GLUE and k != "top_k":
+    return ops.glue(e, k, a, xs, in_shapes, op.shape)
+  if k == "top_k":
+    return ops.top_k(e, xs[0], xs[1], a["k"], np.float32(-np.inf), out=e.fresh("top_k"))
+  if k in ("quantize", "masked_fill"):
+    return e.where(xs[1], xs[0], np.float32(0))
+  if k == "dense":
+    p = _at(params, op.name)
+    kernel = np.asarray(p["kernel"], np.float32)
+    bias = None if p.get("bias") is None else np.asarray(p["bias"], np.float32)
+    if qdq is None:
+      return _float_dense(e, xs[0], kernel, bias)
+    s_w = np.asarray(A.weight_scale_per_channel(kernel, 8), np.float32)
+    s_acc = (np.float32(qdq[op.inputs[0]]) * s_w).astype(np.float32)
+    w = e.node("DequantizeLinear", [op.consts["w_q"].astype(np.int8), s_w, np.zeros(s_w.shape, np.int8)], axis=1)
+    b = e.node("DequantizeLinear", [op.consts["b_q"].astype(np.int32), s_acc, np.zeros(s_acc.shape, np.int32)],
+               axis=0)
+    return e.node("Add", [e.node("MatMul", [xs[0], w]), b])
+  if k == "layernorm":
+    p = _at(params, op.name)
+    return _float_layernorm(e, xs[0], np.asarray(p["scale"], np.float32), np.asarray(p["bias"], np.float32),
+                            a.get("eps", 1e-5))
+  if k == "relu":
+    return e.node("Relu", [xs[0]])
+  if k == "masked_max":
+    return _masked_max(e, xs[0], xs[1], F32_MIN)
+  if k == "matmul":
+    b = e.transpose_last2(xs[1], len(in_shapes[1])) if a["transpose_b"] else xs[1]
+    y = e.node("MatMul", [xs[0], b])
+    return y if a["alpha"] == 1.0 else e.node("Mul", [y, np.float32(a["alpha"])])
+  if k == "softmax":
+    return _float_softmax(e, xs[0])
+  if k == "log_softmax":
+    return _log_softmax(e, xs[0])
+  if k == "add":
+    return e.node("Add", xs)
+  if k == "mask_add":
+    return e.node("Add", [xs[0], e.where(xs[1], np.float32(0), np.float32(A.MASK_NEG_Q))])
+  if k == "concat":
+    return e.node("Concat", xs, axis=int(a["axis"]))
+  raise ValueError(f"float export: unknown op kind {k!r} ({op.name})")
+
+
+def _qdq_op(e: Emitter, op, xs, in_shapes, params, scales: dict, codes: dict):
+  """Float op, then QuantizeLinear -> DequantizeLinear at quantization points. Glue on a dequantized code
+  tensor runs on the codes and is dequantized again (DQ -> Transpose chains tripped onnxruntime's QDQ
+  propagation into an int8/uint8 type error); `codes` maps a DQ output to its (codes, scale, zero point)."""
+  if op.kind in GLUE and op.kind != "top_k" and xs[0] in codes:
+    q, s, zp = codes[xs[0]]
+    qy = ops.glue(e, op.kind, op.attrs, [q] + xs[1:], in_shapes, op.shape)
+    y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
+    codes[y] = (qy, s, zp)
+    return y
+  if op.kind == "matmul" and op.attrs["transpose_b"] and xs[1] in codes:
+    q, s, zp = codes[xs[1]]
+    xs = [xs[0], e.node("DequantizeLinear", [e.transpose_last2(q, len(in_shapes[1])), s, zp], hint="dq")]
+    op = _with_attrs(op, transpose_b=False)
+  y = _float_op(e, op, xs, in_shapes, params, qdq=scales)
+  if op.kind not in POINT_KINDS:
+    return y
+  s, zp = np.float32(op.scale), np.zeros((), ops.CODE_DTYPE[op.bits])
+  q = e.node("QuantizeLinear", [y, s, zp], hint="q")
+  y = e.node("DequantizeLinear", [q, s, zp], hint="dq")
+  codes[y] = (q, s, zp)
+  return y
+
+
+def _with_attrs(op, **attrs):
+  import dataclasses
+  return dataclasses.replace(op, attrs={**op.attrs, **attrs})
+
+
+def _log_softmax(e: Emitter, x):
+  """jax.nn.log_softmax's steps: shifted = x - max, shifted - log(sum(exp(shifted)))."""
+  shifted = e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])
+  return e.node("Sub", [shifted, e.node("Log", [e.reduce("ReduceSum", e.node("Exp", [shifted]), -1)])])
+
+
+def _float_out(e, op, t):
+  return t, (bool if op.dtype == "bool" else np.float32)
+
+
+def _record(model, params, quant_state, example_inputs) -> Program:
+  from densetnt_jax.quant import convert
+  return convert(model, params, quant_state, example_inputs)
+
+
+def export_float(model, params, example_inputs: dict, config) -> onnx.ModelProto:
+  """The float model's predict (up to the five program outputs) as ONNX, float params as initializers. The op
+  list is recorded as `convert` records it, with a fresh quant state (its scales are not used)."""
+  from densetnt_jax.quant import init_quant_state
+  program = _record(model, params, init_quant_state(model, params, example_inputs, config.quant), example_inputs)
+  return _build(program, functools.partial(_float_op, params=params), _float_out, opset=_opset(config),
+                name="densetnt_float", doc="DenseTNT float predict up to the top-k goals; NMS on the host")
+
+
+def export_qdq(model, params, quant: dict, example_inputs: dict, config, program: Program | None = None
+               ) -> onnx.ModelProto:
+  """QDQ ONNX of the fake-quant model (params + calibrated/QAT quant state): float ops with Q/DQ after each
+  quantization point (int8/int16 activation scales), int8 per-channel weights and int32 biases dequantized
+  in the graph. `program`: the convert of the same (params, quant), if already at hand."""
+  program = program or _record(model, params, quant, example_inputs)
+  scales = {o.name: o.scale for o in program.ops if o.scale is not None}
+  opset = _opset(config)
+  if opset < 21 and any(o.bits == 16 for o in program.ops if o.kind in POINT_KINDS):
+    raise ValueError(f"export_qdq: int16 QuantizeLinear needs opset >= 21; config.export.opset is {opset}")
+  return _build(program, functools.partial(_qdq_op, params=params, scales=scales, codes={}), _float_out, opset=opset,
+                name="densetnt_qdq", doc="DenseTNT fake-quant predict as QDQ (int8/int16 activations, int8 "
+                "per-channel weights) up to the top-k goals; NMS on the host")
+
+
+# ------------------------------------------------------------------------------------------- int ops
+def _int_op(e: Emitter, op, xs, in_shapes):
+  """One program op on int32 codes, as interpreter._kernel runs it with arith."""
+  k, a, c = op.kind, op.attrs, op.consts
+  if k in GLUE and k != "top_k":
+    return ops.glue(e, k, a, xs, in_shapes, op.shape)
+  if k == "top_k":
+    return ops.top_k(e, xs[0], xs[1], a["k"], i32(A.INT32_MIN), out=e.fresh("top_k"))
+  if k == "quantize":
+    qmin, qmax = A.qrange(op.bits)
+    inv = np.float32(1.0) / np.float32(c["scale"])                 # arith.reciprocal: correctly rounded
+    v = e.node("Mul", [e.where(xs[1], xs[0], np.float32(0)), inv])
+    f = e.node("Floor", [v])
+    q = e.node("Add", [f, e.cast(e.ge(e.node("Sub", [v, f]), np.float32(0.5)), np.float32)])
+    return e.cast(e.clip(q, qmin, qmax, np.float32), np.int32)
+  if k == "dense":
+    acc = e.add(ops.int_matmul(e, xs[0], a["in_bits"][0], c["w_q"].astype(np.int8), 8), i32(c["b_q"]))
+    return ops.requantize(e, acc, c, "", op.bits)
+  if k == "layernorm":
+    return ops.layernorm(e, xs[0], c, op.bits, op.shape[-1])
+  if k == "relu":
+    return e.maximum(xs[0], i32(0))
+  if k == "masked_max":
+    return _masked_max(e, xs[0], xs[1], i32(A.INT32_MIN))
+  if k == "masked_fill":
+    return e.where(xs[1], xs[0], i32(0))
+  if k == "matmul":
+    ba, bb = a["in_bits"]
+    ka, kb = A.matmul_pre_shifts(a["k"], ba, bb)
+    x, y = ops.rshift_round(e, xs[0], i32(ka)), ops.rshift_round(e, xs[1], i32(kb))
+    if a["transpose_b"]:
+      y = e.transpose_last2(y, len(in_shapes[1]))
+    return ops.requantize(e, ops.int_matmul(e, x, ba, y, bb), c, "", op.bits)
+  if k == "softmax":
+    return ops.softmax(e, xs[0], c, op.bits)
+  if k in ("add", "mask_add"):
+    y = xs[1] if k == "add" else e.where(xs[1], i32(0), i32(A.MASK_NEG_Q))
+    return ops.requantize(e, e.add(e.mul(xs[0], i32(c["mx"])), e.mul(y, i32(c["my"]))), c, "", op.bits)
+  if k == "concat":
+    parts = [ops.requantize(e, x, c, f"{i}_", op.bits) for i, x in enumerate(xs)]
+    return e.node("Concat", parts, axis=int(a["axis"]))
+  if k == "log_softmax":
+    x = e.node("Mul", [e.cast(xs[0], np.float32), np.float32(c["in_scale"])])
+    return _log_softmax(e, x)
+  raise ValueError(f"int export: unknown op kind {k!r} ({op.name})")
+
+
+def _int_out(e, op, t):
+  if op.bits:
+    return e.node("Mul", [e.cast(t, np.float32), np.float32(op.consts["scale"])]), np.float32
+  return t, {"bool": bool, "float32": np.float32, "int32": np.int32}[op.dtype]
+
+
+def export_int(program: Program, config=None, *, codes: bool = False) -> onnx.ModelProto:
+  """The integer program as ONNX integer ops (bit-identical to `run_program` up to the five outputs).
+  `codes`: also output every code op's int32 codes as `codes/<op name>` (what run_program's return_codes
+  gives), for per-layer checks."""
+  extra = tuple(program.code_ops()) if codes else ()
+  return _build(program, _int_op, _int_out, opset=_opset(config), name="densetnt_int", extra_outputs=extra,
+                doc="DenseTNT integer program (int8/int16 codes, int32 requant, LUTs) up to the top-k goals; "
+                "NMS on the host")
+
+
+# ------------------------------------------------------------------------------------------ onnxruntime
+def make_session(model: onnx.ModelProto | str, *, qdq_int8: bool = False, optimize: bool = True,
+                 threads: int = 0):
+  """An onnxruntime CPU session. qdq_int8: `session.qdqisint8allowed=1` (fused QDQ kernels keep int8 x int8
+  instead of u8 x s8); optimize=False: ORT_DISABLE_ALL (every Q/DQ node runs as written)."""
+  import onnxruntime as ort
+  so = ort.SessionOptions()
+  so.log_severity_level = 3
+  if threads:
+    so.intra_op_num_threads = threads
+  if qdq_int8:
+    so.add_session_config_entry("session.qdqisint8allowed", "1")
+  if not optimize:
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+  data = model if isinstance(model, str) else model.SerializeToString()
+  return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, inputs: dict) -> dict:
+  """{output name: array} of a session (or ModelProto) on a batch of model inputs (any dict holding the
+  model-input fields: a batch, `scene.model_inputs(...)`)."""
+  if isinstance(session, onnx.ModelProto):
+    session = make_session(session)
+  feed = {i.name: np.asarray(inputs[i.name]) for i in session.get_inputs()}
+  names = [o.name for o in session.get_outputs()]
+  return dict(zip(names, session.run(names, feed)))
+
+
+def finish(outputs: dict, threshold: float, mode_num: int):
+  """Host epilogue: the model's NMS / mode selection on the five ONNX outputs (a Prediction)."""
+  from densetnt_jax.model.postprocess import finish_prediction
+  return finish_prediction(**{r: outputs[r] for r in OUTPUT_ROLES}, threshold=threshold, mode_num=mode_num)
+
+
+# ------------------------------------------------------------------------------------------ references
+def _complete_only(mdl, method_name: str) -> bool:
+  return method_name == "complete"
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _jax_outputs(variables, inputs, *, model):
+  """The five program outputs of a float (params) or fake-quant (params + quant) predict; the top-k
+  trajectories are the decoder's `complete` output, captured."""
+  from densetnt_jax.quant.qtensor import raw
+  pred, state = model.apply(variables, inputs, method="predict", capture_intermediates=_complete_only,
+                            mutable=["intermediates"])
+  trajs = raw(state["intermediates"]["decoder"]["complete"][0])
+  return dict(goal_logprobs_BxG=pred.goal_logprobs_BxG, topk_goals_BxNx2=pred.topk_goals_BxNx2,
+              topk_logprobs_BxN=pred.topk_logprobs_BxN, topk_valid_BxN=pred.topk_valid_BxN,
+              topk_trajs_BxNxFx2=trajs)
+
+
+def jax_reference(model, params, quant: dict | None = None):
+  """inputs -> the five outputs of the float predict (quant None) or the fake-quant predict (numpy)."""
+  from densetnt_jax.quant.calibration import model_inputs
+  variables = {"params": params} if quant is None else {"params": params, "quant": quant}
+  return lambda inputs: jax.device_get(_jax_outputs(variables, model_inputs(inputs), model=model))
+
+
+def int_reference(program: Program, codes: bool = False):
+  """inputs -> the five outputs of `run_program` (the trajectories from its codes); codes: (outputs, {op:
+  int32 codes}) for a graph exported with codes=True."""
+  from densetnt_jax.quant import run_program
+  from densetnt_jax.quant.calibration import model_inputs
+  src = program.op(program.outputs["topk_trajs_BxNxFx2"])
+  chain = []
+  while src.kind == "reshape":
+    chain.append(src)
+    src = program.op(src.inputs[0])
+  traj_scale = program.op(program.outputs["topk_trajs_BxNxFx2"]).consts["scale"]
+
+  def ref(inputs):
+    pred, op_codes = jax.device_get(run_program(program, model_inputs(inputs), return_codes=True))
+    t = op_codes[src.name]
+    for o in reversed(chain):
+      t = t.reshape((t.shape[0],) + tuple(o.attrs["shape"][1:]))
+    out = {r: np.asarray(getattr(pred, r)) for r in OUTPUT_ROLES if r != "topk_trajs_BxNxFx2"}
+    out["topk_trajs_BxNxFx2"] = np.asarray(A.dequantize(t, traj_scale))
+    return (out, {k: np.asarray(v) for k, v in op_codes.items()}) if codes else out
+  return ref
+
+
+# ------------------------------------------------------------------------------------------ agreement
+class _Stats:
+  """Running max |diff|, max LSB and share of bit-identical elements of one output."""
+
+  def __init__(self, scale: float | None, ulp: bool = False):
+    self.scale, self.n, self.same, self.max_abs, self.max_lsb = scale, 0, 0, 0.0, 0.0
+    self.max_ulp = 0 if ulp else None     # float32 ulp distance (log-probs: far from 0, where ulps mean something)
+
+  def add(self, ref, got, rows=None):
+    ref, got = np.asarray(ref), np.asarray(got)
+    if rows is not None:
+      ref, got = ref[rows], got[rows]
+    if ref.dtype == bool:
+      d = (ref != got).astype(np.float64)
+    else:
+      d = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    same = (ref == got) | (np.isnan(ref) & np.isnan(got)) if ref.dtype.kind == "f" else ref == got
+    self.n += ref.size
+    self.same += int(same.sum())
+    if d.size:
+      self.max_abs = max(self.max_abs, float(np.nanmax(d)))
+      if self.scale:
+        self.max_lsb = max(self.max_lsb, float(np.nanmax(d)) / self.scale)
+      if self.max_ulp is not None:
+        self.max_ulp = max(self.max_ulp, int(np.max(np.abs(_ordered(ref) - _ordered(got)))))
+
+  def result(self) -> dict:
+    r = {"max_abs": self.max_abs, "identical": self.same / max(self.n, 1), "elements": self.n}
+    if self.scale:
+      r["max_lsb"] = self.max_lsb
+    if self.max_ulp is not None:
+      r["max_ulp"] = self.max_ulp
+    return r
+
+
+def _ordered(x: np.ndarray) -> np.ndarray:
+  """float32 bit patterns as integers in the floats' order: adjacent floats differ by 1 (an ulp)."""
+  i = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
+  return np.where(i < 0, -2**31 - i, i)
+
+
+def output_scales(program: Program) -> dict:
+  """LSB of each output for the QDQ bar: the dequantized outputs' scales; the log-probs in the goal scores'."""
+  out = {}
+  for role in OUTPUT_ROLES:
+    op = program.op(program.outputs[role])
+    if op.bits:
+      out[role] = float(op.consts["scale"])
+    elif op.kind == "log_softmax":
+      out[role] = float(op.consts["in_scale"])
+  lp = program.op(program.outputs["topk_logprobs_BxN"])
+  if "goal_logprobs_BxG" in out and lp.kind == "take_along_axis":
+    out["topk_logprobs_BxN"] = out["goal_logprobs_BxG"]
+  return out
+
+
+METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
+
+
+def compare_batches(session, batches, reference, *, scales: dict | None = None, codes: bool = False,
+                    postprocess: tuple | None = None, miss_threshold: float = 2.0) -> dict:
+  """Runs `session` and `reference(inputs)` on every batch; per output: max |diff|, share of bit-identical
+  elements (top-k outputs on the rows where both picked the same goal), max LSB where `scales` give one;
+  `rows_agree`: share of top-k rows whose goal both sides picked alike. codes: the reference also returns
+  per-op codes, compared with the session's `codes/<op>` outputs. postprocess=(threshold, mode_num) and
+  batches carrying labels (future_Fx2, has_future, seq_id): end metrics of both after the host NMS."""
+  from densetnt_jax.eval.metrics import MetricsAccumulator
+  scales = scales or {}
+  accs = {k: MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold) for k in ("reference", "onnx")}
+  scored_total = 0
+  stats = {r: _Stats(scales.get(r), ulp=r in LOGPROB_ROLES) for r in OUTPUT_ROLES}
+  code_stats: dict = {}
+  rows_total = rows_same = 0
+  seconds = 0.0
+  for inputs in batches:
+    ref = reference(inputs)
+    ref, ref_codes = ref if codes else (ref, None)
+    t0 = time.perf_counter()
+    got = run_onnx(session, inputs)
+    seconds += time.perf_counter() - t0
+    agree = np.all(np.asarray(ref["topk_goals_BxNx2"]) == got["topk_goals_BxNx2"], axis=-1)
+    rows_total += agree.size
+    rows_same += int(agree.sum())
+    stats["goal_logprobs_BxG"].add(ref["goal_logprobs_BxG"], got["goal_logprobs_BxG"])
+    stats["topk_goals_BxNx2"].add(ref["topk_goals_BxNx2"], got["topk_goals_BxNx2"])
+    for r in TOPK_ROLES[1:]:
+      stats[r].add(ref[r], got[r], agree)
+    if codes:
+      for name, v in ref_codes.items():
+        code_stats.setdefault(name, _Stats(1.0)).add(v, got[f"codes/{name}"])
+    if postprocess is not None and "future_Fx2" in inputs:
+      scored = np.asarray(inputs.get("has_future", True)) & (np.asarray(inputs.get("seq_id", 0)) >= 0)
+      scored = np.broadcast_to(scored, np.shape(inputs["future_Fx2"])[:1])
+      scored_total += int(scored.sum())
+      for k, outs in (("reference", ref), ("onnx", got)):
+        pred = finish(outs, *postprocess)
+        accs[k].add(np.asarray(pred.trajs_BxKxFx2), np.asarray(pred.probs_BxK), np.asarray(inputs["future_Fx2"]),
+                    valid_N=scored)
+  res = {"outputs": {r: s.result() for r, s in stats.items()}, "rows_agree": rows_same / max(rows_total, 1),
+         "rows": rows_total, "onnx_seconds": seconds}
+  if scored_total:
+    res["metrics"] = {k: a.result() for k, a in accs.items()}
+    res["metrics"]["sequences"] = scored_total
+  if codes:
+    res["codes"] = {k: s.result() for k, s in code_stats.items()}
+  return res
+
+
+def failures(stage: str, result: dict, config) -> list[str]:
+  """Reasons a comparison fails the stage's bar (config.export): float within float_atol, int bit-identical
+  (every output, every row and code), qat within qdq_max_lsb on the dequantized outputs and log-probs."""
+  ex = config.export
+  out, bad = result["outputs"], []
+  if stage == "float":
+    atol = float(ex.float_atol)
+    for r in ("goal_logprobs_BxG", "topk_logprobs_BxN", "topk_trajs_BxNxFx2"):
+      if out[r]["max_abs"] > atol:
+        bad.append(f"{r}: max |diff| {out[r]['max_abs']:.3g} > float_atol {atol:g}")
+    if out["topk_valid_BxN"]["identical"] < 1.0:
+      bad.append("topk_valid_BxN differs on rows with the same goal")
+  elif stage == "int":
+    max_ulp = int(ex.get("int_logprob_max_ulp", 0))
+    for r in OUTPUT_ROLES:
+      if r in LOGPROB_ROLES and out[r]["identical"] < 1.0 and out[r].get("max_ulp", 0) <= max_ulp:
+        continue                                  # the float log-softmax epilogue: within the ulp bar
+      if out[r]["identical"] < 1.0:
+        bad.append(f"{r}: {100 * out[r]['identical']:.4f}% bit-identical (max |diff| {out[r]['max_abs']:.3g}"
+                   + (f", {out[r]['max_ulp']} ulp)" if "max_ulp" in out[r] else ")"))
+    if result["rows_agree"] < 1.0:
+      bad.append(f"top-k goals differ on {100 * (1 - result['rows_agree']):.3f}% of rows")
+    for name, s in result.get("codes", {}).items():
+      if s["identical"] < 1.0:
+        bad.append(f"codes of {name}: {100 * s['identical']:.4f}% identical, max {s['max_abs']:.0f} LSB")
+  elif stage == "qat":
+    bar = float(ex.qdq_max_lsb)
+    if out["topk_trajs_BxNxFx2"].get("max_lsb", 0.0) > bar:
+      bad.append(f"topk_trajs_BxNxFx2: {out['topk_trajs_BxNxFx2']['max_lsb']:.1f} LSB > qdq_max_lsb {bar:g}")
+    if out["topk_valid_BxN"]["identical"] < 1.0:
+      bad.append("topk_valid_BxN differs on rows with the same goal")
+  else:
+    raise ValueError(f"stage {stage!r}; expected one of {STAGES}")
+  if "metrics" in result and stage in ("float", "qat"):
+    tol = float(ex.get("qdq_max_metric_diff" if stage == "qat" else "float_max_metric_diff", 0.01))
+    for k in METRICS:
+      a, b = result["metrics"]["reference"].get(k), result["metrics"]["onnx"].get(k)
+      if a is not None and b is not None and abs(a - b) > tol:
+        bad.append(f"end metric {k}: reference {a:.4f} vs onnx {b:.4f} (bar |diff| <= {tol:g})")
+  if "metrics" in result and stage == "int":
+    for k in METRICS:
+      if result["metrics"]["reference"].get(k) != result["metrics"]["onnx"].get(k):
+        bad.append(f"end metric {k} differs: {result['metrics']['reference'].get(k)} vs "
+                   f"{result['metrics']['onnx'].get(k)}")
+  return bad
+
+
+def check_export(stage: str, proto: onnx.ModelProto, batches, reference, config, *, scales: dict | None = None,
+                 codes: bool = False, session_kwargs: dict | None = None, metrics: bool = True) -> dict:
+  """`compare_batches` of one export in one onnxruntime session, plus `onnx.checker` and the stage's bar:
+  {"outputs", "rows_agree", ..., "failures": [...]} (empty failures: the export passes)."""
+  onnx.checker.check_model(proto)
+  session = make_session(proto, **(session_kwargs or {}))
+  post = (float(config.postprocess.threshold), int(config.postprocess.mode_num)) if metrics else None
+  res = compare_batches(session, batches, reference, scales=scales, codes=codes, postprocess=post,
+                        miss_threshold=float(config.eval.miss_threshold) if "eval" in config else 2.0)
+  res["failures"] = failures(stage, res, config)
+  return res
+
+
+# ------------------------------------------------------------------------------------------ workdir tool
+def format_result(stage: str, result: dict) -> str:
+  """Per output: max |diff|, max LSB (when scaled) and % bit-identical; top-k rows agreement."""
+  lines = [f"{'output':<22}{'max |diff|':>12}{'max ulp':>10}{'max LSB':>10}{'identical %':>13}"]
+  for r, s in result["outputs"].items():
+    lsb = f"{s['max_lsb']:10.2f}" if "max_lsb" in s else f"{'':>10}"
+    ulp = f"{s['max_ulp']:10d}" if "max_ulp" in s else f"{'':>10}"
+    if "max_ulp" in s and s["max_ulp"] > 10**6:
+      ulp = f"{'>1e6':>10}"
+    lines.append(f"{r:<22}{s['max_abs']:12.3g}{ulp}{lsb}{100 * s['identical']:13.4f}")
+  lines.append(f"top-k rows with the same goal: {100 * result['rows_agree']:.3f}% of {result['rows']} "
+               "(top-k outputs compared on those rows)")
+  if "codes" in result:
+    c = result["codes"]
+    n = sum(s["elements"] for s in c.values())
+    same = sum(s["identical"] * s["elements"] for s in c.values())
+    lines.append(f"per-op codes: {len(c)} ops, {100 * same / max(n, 1):.4f}% identical, max "
+                 f"{max([s['max_abs'] for s in c.values()] + [0]):.0f} LSB")
+  if "metrics" in result:
+    m = result["metrics"]
+    lines.append(f"{'end metrics (host NMS)':<22}" + "".join(f"{k:>11}" for k in METRICS))
+    for k in ("reference", "onnx"):
+      lines.append(f"{k:<22}" + "".join(f"{m[k].get(x, float('nan')):11.4f}" for x in METRICS))
+    lines.append(f"({m['sequences']} scored sequences)")
+  return "\n".join(lines)
+
+
+def _val_batches(config, n: int):
+  from densetnt_jax.data.scene import model_inputs
+  from densetnt_jax.train.loop import open_split
+  ds = open_split(config.data, config.data.val_split)
+  out = []
+  for i, batch in enumerate(ds.batches(int(config.train.eval_batch_size))):
+    if i >= n:
+      break
+    out.append(dict(model_inputs(batch), future_Fx2=batch.future_Fx2, has_future=batch.has_future,
+                    seq_id=batch.seq_id))
+  return out
+
+
+def export_workdir(config, workdir, stage: str, batches):
+  """(ModelProto, reference, scales, check) of a workdir's stage: float best, qat best (QDQ) or the int program;
+  `check`: None, or for int (the same graph with per-op code outputs, its reference with codes)."""
+  from densetnt_jax.model import build_model
+  from densetnt_jax.train.checkpoint import restore_stage
+  from densetnt_jax.train.stages import load_program
+  model = build_model(config)
+  if stage == "float":
+    params, _, _ = restore_stage(workdir, "float", "best")
+    return export_float(model, params, batches[0], config), jax_reference(model, params), None, None
+  if stage == "qat":
+    params, quant, _ = restore_stage(workdir, "qat", "best")
+    program = _record(model, params, quant, batches[0])
+    proto = export_qdq(model, params, quant, batches[0], config, program=program)
+    return proto, jax_reference(model, params, quant), output_scales(program), None
+  if stage == "int":
+    program = load_program(workdir)
+    check = (export_int(program, config, codes=True), int_reference(program, codes=True))
+    return export_int(program, config), int_reference(program), None, check
+  raise ValueError(f"stage {stage!r}; expected one of {STAGES}")
+
+
+def run(config, workdir, stage: str, *, output: str | None = None, num_batches: int | None = None) -> int:
+  """bin/export_onnx.py: writes the stage's ONNX (default WORKDIR/export/densetnt_<stage>.onnx), runs it in
+  onnxruntime on `config.export.num_batches` val batches beside its JAX reference, prints the agreement
+  and the verdict, writes <output>.json; returns 0 when the stage's bar holds, else 1. The qat export runs
+  in three sessions: ORT defaults, session.qdqisint8allowed=1, and no graph optimization (as written)."""
+  n = int(num_batches or config.export.num_batches)
+  batches = _val_batches(config, n)
+  proto, reference, scales, check = export_workdir(config, workdir, stage, batches)
+  path = output or os.path.join(str(workdir), "export", f"densetnt_{stage}.onnx")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  onnx.save(proto, path)
+  size = os.path.getsize(path)
+  print(f"wrote {path} ({size / 2**20:.2f} MiB, {len(proto.graph.node)} nodes, opset {_opset(config)})")
+  variants = {"default": {}}
+  if stage == "qat":
+    variants = {"default": {}, "qdqisint8allowed=1": {"qdq_int8": True}, "no optimization": {"optimize": False}}
+  report, failed = {"path": path, "bytes": size, "stage": stage, "num_batches": len(batches), "sessions": {}}, []
+  for label, kwargs in variants.items():
+    if check is not None:          # int: the written graph's outputs are a subset of this one's
+      res = check_export(stage, check[0], batches, check[1], config, codes=True, session_kwargs=kwargs)
+    else:
+      res = check_export(stage, proto, batches, reference, config, scales=scales, session_kwargs=kwargs)
+    report["sessions"][label] = res
+    print(f"\n[{stage}] onnxruntime ({label}) vs {_REF_NAME[stage]}, {len(batches)} val batches:")
+    print(format_result(stage, res))
+    failed += [f"({label}) {f}" for f in res["failures"]]
+  with open(os.path.splitext(path)[0] + ".json", "w") as f:
+    json.dump(report, f, indent=2)
+  if failed:
+    print(f"\nFAILED ({len(failed)}):\n  " + "\n  ".join(failed), file=sys.stderr)
+    return 1
+  print(f"\nPASSED: {_BAR[stage](config)}")
+  return 0
+
+
+_REF_NAME = {"float": "JAX float predict", "qat": "JAX fake-quant predict", "int": "run_program (jitted interpreter)"}
+_BAR = {"float": lambda c: f"every float output within {c.export.float_atol:g} of JAX",
+        "qat": lambda c: f"trajectories within {c.export.qdq_max_lsb} LSB of the fake-quant model on rows with the "
+                         f"same goal, end metrics within {c.export.get('qdq_max_metric_diff', 0.01)}",
+        "int": lambda c: "integer codes, top-k goals, validity and trajectories bit-identical to the interpreter; "
+                         f"log-probs (float epilogue) within {c.export.get('int_logprob_max_ulp', 0)} ulp"}

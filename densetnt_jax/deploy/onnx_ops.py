@@ -1,0 +1,426 @@
+"""ONNX graph building blocks for `onnx_export`: an emitter over `onnx.helper` that folds constants in numpy,
+the program's glue ops, and the integer kernels of `quant/arith.py` written with ONNX integer ops.
+
+`Emitter` methods take tensor names (str) or numpy arrays: when every operand is a numpy array the result is
+computed in numpy (int32 wraps like XLA), so static requant shifts and masks cost no nodes and a Where on a
+constant condition picks its branch at build time; nodes nothing reads are pruned when the model is built.
+
+Integer kernels mirror `arith` line by line on int32 tensors holding int8/int16 codes (see its docstring for
+the mapping): arithmetic right shift by 2^k as (v - Mod(v, 2^k)) / 2^k (Mod takes the divisor's sign, the
+division is exact), v & (2^k - 1) as Mod(v, 2^k), 2^k of a tensor k by Gather from a table, the bit length
+as ReduceSum(v >= 2^j), the exp / reciprocal / rsqrt tables by Gather, int8 x int8 dots by MatMulInteger
+(int16 operands split into bytes, as `arith.int_dot`). int32 Mul and Add wrap in onnxruntime as in XLA.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from densetnt_jax.quant import arith as A
+
+INT64_MAX = np.iinfo(np.int64).max
+POW2_TABLE = (np.int64(1) << np.arange(31)).astype(np.int32)       # 2^0 .. 2^30
+ONNX_DTYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
+              np.dtype(np.int64): TensorProto.INT64, np.dtype(np.int8): TensorProto.INT8,
+              np.dtype(np.int16): TensorProto.INT16, np.dtype(np.bool_): TensorProto.BOOL}
+CODE_DTYPE = {8: np.int8, 16: np.int16}
+
+
+def _wrap32(v) -> np.ndarray:
+  """int64 results back to int32 with two's-complement wraparound (XLA's and onnxruntime's int32 behaviour)."""
+  v = np.asarray(v)
+  if v.dtype.kind in "iu":
+    return ((v.astype(np.int64) + 2**31) % 2**32 - 2**31).astype(np.int32)
+  return v
+
+
+def _np_int(fn, a, b):
+  """fn on int32 operands in int64, wrapped to int32 (float operands: fn as is)."""
+  a, b = np.asarray(a), np.asarray(b)
+  if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+    return _wrap32(fn(a.astype(np.int64), b.astype(np.int64)))
+  return fn(a, b)
+
+
+def _trunc_div(a, b):
+  q = np.abs(a) // np.abs(b)
+  return np.where((a < 0) != (b < 0), -q, q)
+
+
+class Emitter:
+  """Nodes and initializers of one graph; names of program tensors are chosen by the caller."""
+
+  def __init__(self):
+    self.nodes: list = []
+    self.initializers: list = []
+    self._count = 0
+    self._consts: dict = {}
+    self.scope = "g"
+
+  def fresh(self, hint: str) -> str:
+    self._count += 1
+    return f"{self.scope}/{hint}_{self._count}"
+
+  def lift(self, x) -> str:
+    """A tensor name for x (numpy arrays become initializers; small ones are shared)."""
+    if isinstance(x, str):
+      return x
+    arr = np.asarray(x)
+    if arr.dtype == np.float64:
+      arr = arr.astype(np.float32)
+    key = (arr.dtype.str, arr.shape, arr.tobytes()) if arr.size <= 256 else None
+    if key is not None and key in self._consts:
+      return self._consts[key]
+    name = f"const/{arr.dtype.name}{list(arr.shape)}_{len(self.initializers)}"
+    self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+    if key is not None:
+      self._consts[key] = name
+    return name
+
+  def node(self, op_type: str, inputs, hint: str | None = None, outputs=None, n_out: int = 1, **attrs):
+    """Appends one node; returns its output name (a list when n_out > 1)."""
+    if outputs is None:
+      outputs = [self.fresh(hint or op_type.lower()) for _ in range(n_out)]
+    elif isinstance(outputs, str):
+      outputs = [outputs]
+    ins = ["" if i is None else self.lift(i) for i in inputs]
+    self.nodes.append(helper.make_node(op_type, ins, list(outputs), name=f"{outputs[0]}:{op_type}", **attrs))
+    return outputs[0] if len(outputs) == 1 else list(outputs)
+
+  # ------------------------------------------------------------------ elementwise (numpy when constant)
+  def _bin(self, op_type, fn, a, b):
+    if not isinstance(a, str) and not isinstance(b, str):
+      return _np_int(fn, a, b)
+    return self.node(op_type, [a, b])
+
+  def add(self, a, b):
+    return self._bin("Add", np.add, a, b)
+
+  def sub(self, a, b):
+    return self._bin("Sub", np.subtract, a, b)
+
+  def mul(self, a, b):
+    return self._bin("Mul", np.multiply, a, b)
+
+  def div(self, a, b):
+    """Integer division truncating toward zero (ONNX Div on integers); true division on floats."""
+    fn = lambda x, y: _trunc_div(x, y) if x.dtype.kind in "iu" else x / y
+    return self._bin("Div", fn, a, b)
+
+  def mod(self, a, b):
+    """Remainder with the divisor's sign (Mod fmod=0, Python's %)."""
+    return self._bin("Mod", np.mod, a, b)
+
+  def minimum(self, a, b):
+    return self._bin("Min", np.minimum, a, b)
+
+  def maximum(self, a, b):
+    return self._bin("Max", np.maximum, a, b)
+
+  def ge(self, a, b):
+    return self._bin("GreaterOrEqual", np.greater_equal, a, b)
+
+  def gt(self, a, b):
+    return self._bin("Greater", np.greater, a, b)
+
+  def lt(self, a, b):
+    return self._bin("Less", np.less, a, b)
+
+  def eq(self, a, b):
+    return self._bin("Equal", np.equal, a, b)
+
+  def neg(self, a):
+    """-a on int32."""
+    return self.sub(np.zeros((), np.int32), a)
+
+  def where(self, c, x, y):
+    if not isinstance(c, str):
+      c = np.asarray(c, bool)
+      pick, other = (x, y) if c.all() else (y, x)
+      if (c.all() or not c.any()) and np.shape(pick) == np.broadcast_shapes(np.shape(pick), c.shape):
+        # a constant picked over a tensor would lose the tensor's shape: then the node stays
+        if isinstance(pick, str) or not isinstance(other, str):
+          return pick
+      if not isinstance(x, str) and not isinstance(y, str):
+        return np.where(c, x, y)
+    return self.node("Where", [c, x, y])
+
+  def clip(self, x, lo, hi, dtype=np.int32):
+    """Clip to [lo, hi] (python numbers, as x's dtype: int32 unless told)."""
+    if not isinstance(x, str):
+      return np.clip(x, lo, hi).astype(np.asarray(x).dtype)
+    return self.node("Clip", [x, np.asarray(lo, dtype), np.asarray(hi, dtype)])
+
+  def cast(self, x, dtype):
+    if not isinstance(x, str):
+      return np.asarray(x).astype(dtype)
+    return self.node("Cast", [x], to=ONNX_DTYPE[np.dtype(dtype)])
+
+  def gather(self, table, idx):
+    if not isinstance(idx, str):
+      return np.take(np.asarray(table), idx)
+    return self.node("Gather", [table, idx], axis=0)
+
+  def reduce(self, op_type: str, x, axis: int, keepdims: bool = True):
+    if not isinstance(x, str):
+      fn = {"ReduceSum": np.sum, "ReduceMax": np.max, "ReduceMin": np.min, "ReduceMean": np.mean}[op_type]
+      out = fn(np.asarray(x).astype(np.int64) if np.asarray(x).dtype.kind in "iu" else x, axis=axis,
+               keepdims=keepdims)
+      return _wrap32(out) if np.asarray(x).dtype.kind in "iu" else out.astype(np.float32)
+    return self.node(op_type, [x, np.asarray([axis], np.int64)], keepdims=int(keepdims))
+
+  def unsqueeze(self, x, axes):
+    return self.node("Unsqueeze", [x, np.asarray(list(axes), np.int64)])
+
+  def squeeze(self, x, axes):
+    return self.node("Squeeze", [x, np.asarray(list(axes), np.int64)])
+
+  def transpose_last2(self, x, ndim: int):
+    perm = list(range(ndim - 2)) + [ndim - 1, ndim - 2]
+    if not isinstance(x, str):
+      return np.transpose(x, perm)
+    return self.node("Transpose", [x], perm=perm)
+
+  # --------------------------------------------------------------------------------------- the model
+  def model(self, inputs: list, outputs: list, *, opset: int, name: str, doc: str = "") -> onnx.ModelProto:
+    """The ModelProto, with nodes that no output depends on dropped (and their initializers)."""
+    needed = {o.name for o in outputs}
+    keep = []
+    for n in reversed(self.nodes):
+      if any(o in needed for o in n.output):
+        keep.append(n)
+        needed.update(i for i in n.input if i)
+    keep.reverse()
+    inits = [t for t in self.initializers if t.name in needed]
+    graph = helper.make_graph(keep, name, inputs, outputs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="densetnt-jax",
+                          doc_string=doc)
+    m.ir_version = min(m.ir_version, 10)       # onnxruntime 1.2x reads IR <= 10
+    return m
+
+
+def value_info(name: str, shape, dtype) -> onnx.ValueInfoProto:
+  """A graph input/output with a symbolic batch axis "B" (None in the program's shapes)."""
+  dims = ["B" if d is None else int(d) for d in shape]
+  return helper.make_tensor_value_info(name, ONNX_DTYPE[np.dtype(dtype)], dims)
+
+
+# ----------------------------------------------------------------------------------------------- glue
+def index(e: Emitter, x: str, idx: tuple, ndim: int) -> str:
+  """x[idx] for basic indices (Ellipsis, slices with step 1, ints, None) as Slice, Squeeze, Unsqueeze."""
+  idx = list(idx)
+  consumed = sum(1 for i in idx if i is not None and i is not Ellipsis)
+  fill = [slice(None)] * (ndim - consumed)
+  if Ellipsis in idx:
+    p = idx.index(Ellipsis)
+    idx[p:p + 1] = fill
+  else:
+    idx += fill
+  starts, ends, axes, squeeze, unsqueeze = [], [], [], [], []
+  ax = out = 0
+  for i in idx:
+    if i is None:
+      unsqueeze.append(out)
+      out += 1
+      continue
+    if isinstance(i, slice):
+      if i.step not in (None, 1):
+        raise NotImplementedError(f"index: slice step {i.step}")
+      if i != slice(None):
+        starts.append(0 if i.start is None else i.start)
+        ends.append(INT64_MAX if i.stop is None else i.stop)
+        axes.append(ax)
+      out += 1
+    else:
+      i = int(i)
+      starts.append(i)
+      ends.append(INT64_MAX if i == -1 else i + 1)
+      axes.append(ax)
+      squeeze.append(ax)
+    ax += 1
+  y = x
+  if axes:
+    y = e.node("Slice", [y, np.asarray(starts, np.int64), np.asarray(ends, np.int64), np.asarray(axes, np.int64)])
+  if squeeze:
+    y = e.squeeze(y, squeeze)
+  if unsqueeze:
+    y = e.unsqueeze(y, unsqueeze)
+  return y if y != x else e.node("Identity", [x])
+
+
+def glue(e: Emitter, kind: str, attrs: dict, xs: list, in_shapes: list, out_shape: tuple) -> str:
+  """One glue op of the program (reshape, broadcast_to, index, concatenate, tile, moveaxis, take_along_axis)
+  on any element type; the batch axis is 0 everywhere and stays symbolic."""
+  x = xs[0]
+  nd = len(in_shapes[0])
+  if kind == "reshape":
+    return e.node("Reshape", [x, np.asarray([0] + list(attrs["shape"][1:]), np.int64)])
+  if kind == "broadcast_to":
+    return e.node("Expand", [x, np.asarray([1] + list(attrs["shape"][1:]), np.int64)])
+  if kind == "index":
+    return index(e, x, attrs["index"], nd)
+  if kind == "concatenate":
+    return e.node("Concat", xs, axis=int(attrs["axis"]))
+  if kind == "tile":
+    return e.node("Tile", [x, np.asarray(attrs["reps"], np.int64)])
+  if kind == "moveaxis":
+    order = list(range(nd))
+    s, d = attrs["source"] % nd, attrs["destination"] % nd
+    order.pop(s)
+    order.insert(d, s)
+    return e.node("Transpose", [x], perm=order)
+  if kind == "take_along_axis":
+    axis = attrs["axis"] % nd
+    target = [1] + list(out_shape[1:])
+    idx = xs[1]
+    if list(in_shapes[1][1:]) != target[1:]:
+      idx = e.node("Expand", [idx, np.asarray(target, np.int64)])
+    x_target = list(target)
+    x_target[axis] = in_shapes[0][axis]
+    if list(in_shapes[0][1:]) != x_target[1:]:
+      x = e.node("Expand", [x, np.asarray(x_target, np.int64)])
+    return e.node("GatherElements", [x, idx], axis=axis)
+  raise ValueError(f"unknown glue op {kind!r}")
+
+
+def top_k(e: Emitter, x: str, mask: str, k: int, low, out: str) -> str:
+  """Indices (int32) of the k largest entries of the last axis where mask; masked ones last (`low` fill),
+  ties to the lower index (ONNX TopK, as lax.top_k)."""
+  _, idx = e.node("TopK", [e.where(mask, x, low), np.asarray([k], np.int64)], n_out=2, axis=-1, largest=1,
+                  sorted=1)
+  return e.node("Cast", [idx], outputs=out, to=TensorProto.INT32)
+
+
+# ------------------------------------------------------------------------------------- integer kernels
+def i32(v) -> np.ndarray:
+  return np.asarray(v, np.int32)
+
+
+def pow2(e: Emitter, k):
+  """2^k for int32 k in [0, 30] (numpy, or Gather from a table)."""
+  if not isinstance(k, str):
+    return _wrap32(np.left_shift(np.int64(1), np.clip(np.asarray(k, np.int64), 0, 30)))
+  return e.gather(POW2_TABLE, e.clip(k, 0, 30))
+
+
+def ashr(e: Emitter, v, k):
+  """Arithmetic right shift v >> k (floor(v / 2^k)) for int32 v and 0 <= k <= 31."""
+  if not isinstance(k, str) and not np.any(np.asarray(k)):
+    return v
+  p = pow2(e, k)                       # k clipped to 30; k = 31 (eps shifts) takes one more halving below
+  r = e.div(e.sub(v, e.mod(v, p)), p)
+  return e.where(e.gt(k, i32(30)), e.div(e.sub(r, e.mod(r, i32(2))), i32(2)), r)
+
+
+def rshift_round(e: Emitter, v, k):
+  """arith.rshift_round: floor(v / 2^k + 1/2) = (v >> k) + ((v >> (k - 1)) & 1), v for k = 0."""
+  if not isinstance(k, str) and not np.any(np.asarray(k)):
+    return v
+  half = e.mod(ashr(e, v, e.maximum(e.sub(k, i32(1)), i32(0))), i32(2))
+  return e.where(e.gt(k, i32(0)), e.add(ashr(e, v, k), half), v)
+
+
+def mul_shift(e: Emitter, v, mult, shift):
+  """arith.mul_shift: floor((v * M + 2^(s-1)) / 2^s) exactly in int32 with 16-bit limbs (same steps)."""
+  m = mult
+  lo = e.mod(v, i32(65536))
+  hi = e.div(e.sub(v, lo), i32(65536))
+  lm = e.mul(lo, m)
+  a = e.add(e.mul(hi, m), ashr(e, lm, i32(16)))
+  rr = e.mod(lm, i32(65536))
+  s = shift
+  s_lo = e.clip(s, 0, 15) if isinstance(s, str) else np.clip(s, 0, 15).astype(np.int32)
+  a_sat = e.clip(a, -2**15, 2**15 - 1)
+  half_lo = ashr(e, pow2(e, s_lo), i32(1))
+  res_lo = e.add(e.mul(a_sat, pow2(e, e.sub(i32(16), s_lo))), ashr(e, e.add(rr, half_lo), s_lo))
+  ex = e.clip(e.sub(s, i32(16)), 0, A.MAX_SHIFT - 16) if isinstance(s, str) else \
+      np.clip(np.asarray(s) - 16, 0, A.MAX_SHIFT - 16).astype(np.int32)
+  rnd_hi = e.where(e.eq(ex, i32(0)), ashr(e, e.add(rr, i32(2**15)), i32(16)),
+                   pow2(e, e.maximum(e.sub(ex, i32(1)), i32(0))))
+  res_hi = ashr(e, e.add(a, rnd_hi), ex)
+  res = e.where(e.lt(s, i32(16)), res_lo, res_hi)
+  return e.where(e.gt(s, i32(A.MAX_SHIFT)), i32(0), res)
+
+
+def requantize(e: Emitter, v, c: dict, prefix: str, bits: int, lower: int | None = None):
+  """arith.requantize with the op's consts `{prefix}mult/shift/pre`: pre-shift, mul_shift, saturate."""
+  qmin, qmax = A.qrange(bits)
+  v = rshift_round(e, v, i32(c[f"{prefix}pre"]))
+  y = mul_shift(e, v, i32(c[f"{prefix}mult"]), i32(c[f"{prefix}shift"]))
+  return e.clip(y, qmin if lower is None else lower, qmax)
+
+
+def bit_length(e: Emitter, v):
+  """Significant bits of a non-negative int32: ReduceSum(v >= 2^j, j = 0..30)."""
+  ge = e.ge(e.unsqueeze(v, [-1]), POW2_TABLE)
+  return e.reduce("ReduceSum", e.cast(ge, np.int32), -1, keepdims=False)
+
+
+def interp(e: Emitter, table: np.ndarray, u, frac_bits: int):
+  """arith.interp: T[i] + ((T[i+1] - T[i]) f + 2^(fb-1)) >> fb, i = u >> fb, f = u & (2^fb - 1)."""
+  n = table.shape[0]
+  i = e.clip(ashr(e, u, i32(frac_bits)), 0, n - 1)
+  f = e.mod(u, i32(2**frac_bits))
+  t0 = e.gather(table.astype(np.int32), i)
+  t1 = e.gather(table.astype(np.int32), e.minimum(e.add(i, i32(1)), i32(n - 1)))
+  return e.add(t0, ashr(e, e.add(e.mul(e.sub(t1, t0), f), i32(2**(frac_bits - 1))), i32(frac_bits)))
+
+
+def split_bytes(e: Emitter, x):
+  """int16 codes as (hi, lo) int8 values: x = 256 hi + lo + 128 (arith.int_dot's byte split)."""
+  return ashr(e, x, i32(8)), e.sub(e.mod(x, i32(256)), i32(128))
+
+
+def int_matmul(e: Emitter, a, a_bits: int, b, b_bits: int):
+  """Exact int32 a @ b (numpy-style batched over leading axes) of int8/int16 codes: MatMulInteger on int8
+  operands; an int16 operand is split into bytes, a.b = 256 hi.b + lo.b + 128 sum_k b (the integers of
+  arith.int_dot: the sum fits int32 and the parts wrap consistently)."""
+  if a_bits > 8:
+    hi, lo = split_bytes(e, a)
+    ones = e.reduce("ReduceSum", b, -2)                                  # (..., 1, N)
+    return e.add(e.add(e.mul(i32(256), int_matmul(e, hi, 8, b, b_bits)), int_matmul(e, lo, 8, b, b_bits)),
+                 e.mul(i32(128), ones))
+  if b_bits > 8:
+    hi, lo = split_bytes(e, b)
+    ones = e.reduce("ReduceSum", a, -1)                                  # (..., M, 1)
+    return e.add(e.add(e.mul(i32(256), int_matmul(e, a, a_bits, hi, 8)), int_matmul(e, a, a_bits, lo, 8)),
+                 e.mul(i32(128), ones))
+  return e.node("MatMulInteger", [e.cast(a, np.int8), e.cast(b, np.int8)])
+
+
+def layernorm(e: Emitter, x, c: dict, bits: int, channels: int):
+  """arith.layernorm, step by step (per-row shifts kd, h, k are tensors)."""
+  big_d = e.sub(e.mul(x, i32(channels)), e.reduce("ReduceSum", x, -1))
+  dmax = e.maximum(e.reduce("ReduceMax", big_d, -1), e.neg(e.reduce("ReduceMin", big_d, -1)))
+  kd = e.maximum(e.sub(bit_length(e, dmax), i32(15)), i32(0))
+  d = e.clip(rshift_round(e, big_d, kd), -2**15, 2**15 - 1)
+  h = e.maximum(e.sub(bit_length(e, e.minimum(rshift_round(e, dmax, kd), i32(2**15 - 1))), i32(7)), i32(0))
+  sq = rshift_round(e, e.mul(d, d), e.mul(i32(2), h))
+  sh = e.sub(i32(c["eps_e"]), e.mul(i32(2), e.add(kd, h)))
+  eps_m = i32(c["eps_m"])
+  eps_row = e.where(e.ge(sh, i32(16)), i32(2**30),
+                    e.minimum(e.mul(eps_m, pow2(e, e.clip(sh, 0, 15))), i32(2**30)))
+  eps_row = e.where(e.lt(sh, i32(0)), rshift_round(e, eps_m, e.minimum(e.neg(sh), i32(31))), eps_row)
+  v = e.maximum(e.add(e.reduce("ReduceSum", sq, -1), eps_row), i32(1))
+  k = ashr(e, e.sub(bit_length(e, v), i32(14)), i32(1))
+  m = e.where(e.ge(k, i32(0)), rshift_round(e, v, e.mul(i32(2), e.maximum(k, i32(0)))),
+              e.mul(v, pow2(e, e.mul(i32(-2), e.minimum(k, i32(0))))))
+  r = interp(e, A.RSQRT_TABLE, e.clip(e.sub(m, i32(2**13)), 0, 3 * 2**13), A.RSQRT_FRAC_BITS)
+  z = e.clip(mul_shift(e, e.mul(d, r), i32(c["z_mult"]), e.add(e.add(i32(c["z_shift"]), k), h)), -2**15, 2**15 - 1)
+  acc = e.add(rshift_round(e, e.mul(z, i32(c["g_q"])), i32(A.LN_PRE_SHIFT)), i32(c["b_q"]))
+  return requantize(e, acc, c, "", bits)
+
+
+def softmax(e: Emitter, x, c: dict, bits: int):
+  """arith.softmax over the last axis without a mask (the program's softmax ops have none)."""
+  mx = e.reduce("ReduceMax", x, -1)
+  d = e.minimum(e.sub(x, mx), i32(0))
+  t = e.clip(mul_shift(e, d, i32(c["t_mult"]), i32(c["t_shift"])), -2**15, 0)
+  ex = interp(e, A.EXP_TABLE, e.add(t, i32(2**15)), A.EXP_FRAC_BITS)
+  s = e.reduce("ReduceSum", ex, -1)
+  k = e.maximum(e.sub(bit_length(e, s), i32(15)), i32(0))
+  m = ashr(e, s, k)
+  r = interp(e, A.RECIP_TABLE, e.clip(e.sub(m, i32(2**14)), 0, 2**14), A.RECIP_FRAC_BITS)
+  y = mul_shift(e, e.mul(ex, r), i32(c["mult"]), e.add(i32(c["shift"]), k))
+  return e.clip(y, 0, A.qrange(bits)[1])
