@@ -3,8 +3,10 @@
 Writes the synthetic city (official Argoverse 1.1 formats), packs train/val to LMDB, renders a few scenes,
 trains the float model (`configs/argo.py:demo`), evaluates it beside the constant-velocity baseline and
 renders its predictions; then the quantization stages (calibration, QAT, conversion to the integer program),
-each evaluated on val, the align_bpu check of QAT vs int on a few board batches, and the table of all four
-stages. Every step resumes: a second run reuses what the first one wrote.
+each evaluated on val; then deployment: the model checker's verdict against config.target, the compiled
+artifact with its performance table, the float / QDQ / int ONNX exports each checked in onnxruntime; the
+align_bpu check (QAT vs int, and the artifact and int ONNX vs the interpreter) on a few board batches, and the
+table of all four stages. Every step resumes: a second run reuses what the first one wrote.
 
   python bin/demo.py [--config=configs/argo.py:demo] [--config.train.epochs=...] [--quant=False]
 """
@@ -25,6 +27,8 @@ flags.DEFINE_integer("num_train", 2000, "Synthetic train scenes.")
 flags.DEFINE_integer("num_val", 400, "Synthetic val scenes.")
 flags.DEFINE_bool("train", True, "Also train and evaluate (False: data steps only).")
 flags.DEFINE_bool("quant", True, "Also run calibration, QAT and int after float.")
+flags.DEFINE_bool("deploy", True, "Also check, compile and export (ONNX) the integer program after int.")
+flags.DEFINE_integer("export_batches", 2, "Val batches each ONNX export is compared on.")
 flags.DEFINE_integer("align_batches", 4, "Val batches (of 30) the align_bpu check compares.")
 config_flags.DEFINE_config_file("config", "configs/argo.py:demo", "Experiment config.", lock_config=True)
 FLAGS = flags.FLAGS
@@ -110,12 +114,28 @@ def quantization_stages(cfg, results: list) -> None:
     print(f"{stage}: {time.perf_counter() - start:.0f} s")
     results.append(evaluate(cfg, cfg.workdir, stage=stage))
     print(format_table(results[-1:]))
+  if FLAGS.deploy:
+    deployment(cfg)
   step(f"align_bpu validation (qat vs int, {FLAGS.align_batches} batches of 30)")
   status = align_run(cfg, cfg.workdir, num_batches=FLAGS.align_batches, max_rows=8)
   if status:
     print("align_bpu validation FAILED (see above)")
   step("all stages on val")
   print(format_table(results, keys=("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")))
+
+
+def deployment(cfg) -> None:
+  """bin/model_checker.py (verdict), bin/compile_perf.py (artifact + perf table), bin/export_onnx.py x 3."""
+  from densetnt_jax.deploy import checker, onnx_export, perf
+  from densetnt_jax.train.stages import load_program
+  step(f"model checker (target {cfg.target.name})")
+  report = checker.check_program(load_program(cfg.workdir), checker.TargetSpec.from_config(cfg.target))
+  print("\n".join(checker.format_report(report).splitlines()[-2:]))
+  step("compile + performance estimate")
+  perf.run(cfg, cfg.workdir, per_layer=False)
+  for stage in ("float", "qat", "int"):
+    step(f"export ONNX ({stage}) and check it in onnxruntime")
+    onnx_export.run(cfg, cfg.workdir, stage, num_batches=FLAGS.export_batches)
 
 
 if __name__ == "__main__":

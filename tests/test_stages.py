@@ -209,6 +209,36 @@ def test_align_passes_on_the_tiny_model_and_fails_on_a_corrupted_program_weight(
   assert "FAILED" in err and f"{corrupted}:" in err
 
 
+def test_align_also_checks_the_compiled_artifact_and_the_int_onnx(pipeline, tmp_path, capsys):
+  """With WORKDIR/deploy/model.dtnt and WORKDIR/export/densetnt_int.onnx present, align runs both beside the
+  interpreter: bit-identical here; an artifact compiled from another program (one weight flipped) fails."""
+  import onnx
+  from densetnt_jax.deploy import artifact, onnx_export
+  from densetnt_jax.eval.align import deployed_paths
+  config, workdir, _, _ = pipeline
+  shutil.copytree(os.path.join(workdir, "qat"), tmp_path / "qat")
+  shutil.copytree(os.path.join(workdir, "int"), tmp_path / "int")
+  program = load_program(tmp_path)
+  artifact_path, onnx_path = deployed_paths(tmp_path)
+  artifact.write(program, artifact_path, info={})
+  os.makedirs(os.path.dirname(onnx_path))
+  onnx.save(onnx_export.export_int(program, config), onnx_path)
+  capsys.readouterr()
+  assert align_run(config, tmp_path, progress=False) == 0
+  out, _ = capsys.readouterr()
+  assert "compiled artifact vs interpreter: 1 batches, bit-identical" in out and "int ONNX" in out
+  with open(tmp_path / "align_bpu_validation.json") as f:
+    result = json.load(f)
+  assert result["artifact"]["differing"] == [] and result["int_onnx"]["failures"] == []
+  assert result["int_onnx"]["outputs"]["topk_trajs_BxNxFx2"]["identical"] == 1.0
+  other = tmp_path / "other"
+  _corrupt_a_weight(workdir, other)
+  artifact.write(load_program(other), artifact_path, info={})
+  assert align_run(config, tmp_path, progress=False) == 1
+  _, err = capsys.readouterr()
+  assert "compiled artifact vs interpreter:" in err
+
+
 def test_missing_input_checkpoint_says_which_stage_to_run(lmdb_dir, tmp_path, pipeline):
   config, _, _, procs = pipeline
   for stage, prev in (("calibration", "float"), ("qat", "calibration"), ("int", "qat")):

@@ -180,6 +180,19 @@ def test_kill_and_resume_equals_uninterrupted(reference, lmdb_dir, tmp_path):
   assert _losses(tmp_path) == _losses(ref_dir)
 
 
+def test_resuming_a_workdir_of_another_model_says_so(reference, lmdb_dir, tmp_path):
+  """A checkpoint written by another model structure (here: one more subgraph layer) is refused
+  with StaleCheckpointError naming the directory, not orbax's tree dump."""
+  import shutil
+  from densetnt_jax.train.checkpoint import StaleCheckpointError
+  ref_dir, _, _ = reference
+  shutil.copytree(os.path.join(ref_dir, "float"), tmp_path / "float")
+  config = _config(lmdb_dir)
+  config.model.depth = config.model.depth + 1             # one more subgraph layer: another variable tree
+  with pytest.raises(StaleCheckpointError, match="holds another model's variables"):
+    loop.train_and_evaluate(config, tmp_path)
+
+
 @pytest.mark.parametrize("run", ["two_devices", "two_processes"])
 def test_data_parallel_equals_one_device(run, parallel_runs, reference):
   ref_dir, _, ref_params = reference

@@ -46,10 +46,15 @@ def _fake_quant_with_codes(params, quant, inputs: dict, *, model):
 
 
 def align(config, params, quant, program, dataset, *, num_batches: int = -1, batch_size: int = BOARD_BATCH,
-          progress: bool = False) -> dict:
+          progress: bool = False, artifact=None, int_onnx=None) -> dict:
   """Runs the fake-quant model (params + quant) and the integer `program` on the first `num_batches`
   (-1: all) batches of `dataset` in order. Returns {"layers": [{"layer", "identical", "max_lsb",
-  "elements"}] (program order), "fake_quant": metrics, "int": metrics, "num_sequences", "missing": [...]}."""
+  "elements"}] (program order), "fake_quant": metrics, "int": metrics, "num_sequences", "missing": [...]}.
+
+  artifact: the program read back from the compiled file (`deploy.runner.load`): its predictions must equal
+  the interpreter's bit for bit ("artifact": {batches, differing: [field, ...]}). int_onnx: an onnxruntime
+  session of the integer ONNX export: its five outputs and per-op codes against the interpreter's
+  ("int_onnx": the export's comparison and its failures under config.export)."""
   from densetnt_jax.model import build_model
   from densetnt_jax.quant import codes_by_name, run_program
 
@@ -63,7 +68,7 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   n_batches = dataset.num_batches(batch_size, drop_remainder=False)
   if num_batches > 0:
     n_batches = min(n_batches, num_batches)
-  seen = 0
+  seen, artifact_batches, artifact_differs, onnx_batches = 0, 0, set(), []
   for i, batch in enumerate(tqdm(dataset.batches(batch_size), total=n_batches, desc="align",
                                  disable=not progress, unit="batch")):
     if i >= n_batches:
@@ -71,6 +76,13 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
     inputs = model_inputs(batch)
     pred_fq, inter = jax.device_get(_fake_quant_with_codes(params, quant, inputs, model=model))
     pred_int, codes = jax.device_get(run_program(program, inputs, return_codes=True))
+    if artifact is not None:
+      pred_art = jax.device_get(run_program(artifact, inputs))
+      artifact_batches += 1
+      artifact_differs.update(f for f, a, b in zip(pred_int._fields, pred_int, pred_art)
+                              if np.asarray(a).tobytes() != np.asarray(b).tobytes())
+    if int_onnx is not None:
+      onnx_batches.append(inputs)
     codes_fq, codes_int = codes_by_name(inter), dict(codes)
     for k in codes_fq:
       if k not in codes_int:
@@ -95,8 +107,17 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   order.sort(key=lambda k: rank.get(k, len(rank)))            # program (execution) order
   layers = [{"layer": k, "identical": stats[k].same / max(stats[k].total, 1), "max_lsb": stats[k].max_lsb,
              "elements": stats[k].total} for k in order]
-  return {"layers": layers, "fake_quant": accs["fake_quant"].result(), "int": accs["int"].result(),
-          "num_sequences": seen, "num_batches": n_batches, "batch_size": batch_size, "missing": sorted(missing)}
+  result = {"layers": layers, "fake_quant": accs["fake_quant"].result(), "int": accs["int"].result(),
+            "num_sequences": seen, "num_batches": n_batches, "batch_size": batch_size, "missing": sorted(missing)}
+  if artifact is not None:
+    result["artifact"] = {"batches": artifact_batches, "differing": sorted(artifact_differs)}
+  if int_onnx is not None:
+    from densetnt_jax.deploy import onnx_export
+    res = onnx_export.compare_batches(int_onnx, onnx_batches, onnx_export.int_reference(program),
+                                      complete=onnx_export.complete_int(program))
+    res["failures"] = onnx_export.failures("int", res, config)
+    result["int_onnx"] = res
+  return result
 
 
 def check(result: dict, *, min_identical: float, max_lsb: int, max_metric_diff: float) -> list[str]:
@@ -110,6 +131,10 @@ def check(result: dict, *, min_identical: float, max_lsb: int, max_metric_diff: 
     failures.append(f"codes of one side only: {m}")
   if not result["layers"]:
     failures.append("no layer codes to compare (neither side returned integer codes)")
+  if "artifact" in result and result["artifact"]["differing"]:
+    failures.append("compiled artifact vs interpreter: " + ", ".join(result["artifact"]["differing"]) + " differ")
+  if "int_onnx" in result:
+    failures += [f"int ONNX vs interpreter: {f}" for f in result["int_onnx"]["failures"]]
   for k in METRICS:
     a, b = result["fake_quant"].get(k), result["int"].get(k)
     if a is not None and b is not None and abs(a - b) > max_metric_diff:
@@ -137,6 +162,19 @@ def format_align_table(result: dict, max_rows: int | None = None) -> str:
   for name in ("fake_quant", "int"):
     lines.append(name.ljust(14) + "".join(f"{result[name].get(k, float('nan')):12.4f}" for k in METRICS))
   lines.append(f"({result['num_sequences']} sequences in {result['num_batches']} batches of {result['batch_size']})")
+  if "artifact" in result:
+    a = result["artifact"]
+    lines.append(f"compiled artifact vs interpreter: {a['batches']} batches, "
+                 + ("bit-identical" if not a["differing"] else "DIFFERS in " + ", ".join(a["differing"])))
+  if "int_onnx" in result:
+    r = result["int_onnx"]
+    same = min(o["identical"] for o in r["outputs"].values())
+    lines.append(f"int ONNX (onnxruntime) vs interpreter: {len(r['outputs'])} outputs, lowest identical "
+                 f"share {100 * same:.4f}%, " + ("within config.export" if not r["failures"] else
+                                                 f"{len(r['failures'])} failures"))
+  for name, what in (("artifact", "compiled artifact"), ("int_onnx", "int ONNX")):
+    if name not in result and result.get(f"{name}_absent"):
+      lines.append(f"{what}: not checked, {result[f'{name}_absent']}")
   return "\n".join(lines)
 
 
@@ -152,8 +190,29 @@ def align_workdir(config, workdir, *, num_batches: int = -1, batch_size: int = B
     raise MissingStageError(f"align needs the qat checkpoint: {e}") from e
   program = load_program(workdir)
   dataset = open_split(config.data, split or config.data.val_split)
-  return align(config, params, quant, program, dataset, num_batches=num_batches, batch_size=batch_size,
-               progress=progress)
+  artifact_path, onnx_path = deployed_paths(workdir)
+  artifact = int_onnx = None
+  absent = {}
+  if os.path.isfile(artifact_path):
+    from densetnt_jax.deploy import runner
+    artifact = runner.load(artifact_path)
+  else:
+    absent["artifact_absent"] = f"no {artifact_path} (bin/compile_perf.py writes it)"
+  if os.path.isfile(onnx_path):
+    from densetnt_jax.deploy import onnx_export
+    int_onnx = onnx_export.make_session(onnx_path)
+  else:
+    absent["int_onnx_absent"] = f"no {onnx_path} (bin/export_onnx.py --stage=int writes it)"
+  result = align(config, params, quant, program, dataset, num_batches=num_batches, batch_size=batch_size,
+                 progress=progress, artifact=artifact, int_onnx=int_onnx)
+  return dict(result, **absent)
+
+
+def deployed_paths(workdir) -> tuple[str, str]:
+  """(compiled artifact, integer ONNX) where bin/compile_perf.py and bin/export_onnx.py write them."""
+  from densetnt_jax.deploy.perf import ARTIFACT_NAME
+  return (os.path.join(str(workdir), "deploy", ARTIFACT_NAME),
+          os.path.join(str(workdir), "export", "densetnt_int.onnx"))
 
 
 def run(config, workdir, *, num_batches: int = -1, batch_size: int = BOARD_BATCH, max_rows: int | None = None,

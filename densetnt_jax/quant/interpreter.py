@@ -186,6 +186,23 @@ def _on_device(program: Program, v) -> jax.Array:
   return hit[1]
 
 
+def run_host_part(program: Program, handed: dict) -> dict:
+  """The program's host ops (`Program.host_part`: the float log-softmax and what reads it) on the tensors the
+  accelerator part handed over ({tensor name: array}, codes as int32), with the same jitted kernels as
+  `run_program`: {output role: array} of the roles those ops produce."""
+  host, needed = program.host_part()
+  missing = [n for n in needed if n not in handed]
+  if missing:
+    raise KeyError(f"run_host_part: the accelerator part did not hand over {missing}")
+  env = {n: jnp.asarray(handed[n]) for n in needed}
+  hints = _hints(program)
+  for name in host:
+    o = program.op(name)
+    consts = {k: _on_device(program, v) for k, v in o.consts.items()}
+    env[name] = _op_kernel(o, hints.get(name))(consts, [env[i] for i in o.inputs])
+  return {role: env[name] for role, name in program.outputs.items() if name in host}
+
+
 def run_program(program: Program, inputs: dict, return_codes: bool = False, mode: str = "ops"):
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's

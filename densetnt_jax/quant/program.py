@@ -26,6 +26,7 @@ import numpy as np
 from densetnt_jax.quant import arith as A
 
 FORMAT = "densetnt-int-program/1"
+HOST_KINDS = ("log_softmax",)   # float ops the host runs after the accelerator (the scores' log-softmax)
 GLUE = ("reshape", "broadcast_to", "index", "concatenate", "tile", "moveaxis", "take_along_axis", "top_k")
 RECORD_BATCH = 3     # traced batch size: every tensor's axis 0 must be it, and becomes the symbolic batch
 
@@ -82,6 +83,21 @@ class Program:
   def code_ops(self) -> list[str]:
     """Names of the ops whose integer output codes `run_program(..., return_codes=True)` returns."""
     return [o.name for o in self.ops if o.bits and o.kind not in GLUE]
+
+  def host_part(self) -> tuple[list[str], list[str]]:
+    """(host ops, their inputs): ops of HOST_KINDS and every op that depends on one run on the host CPU; the
+    tensors they read from the accelerator's part (or the program inputs) are what a deployed graph hands over.
+    The integer ONNX export ends there; `interpreter.run_host_part` runs the rest with the interpreter's own
+    kernels, so a deployment's outputs equal `run_program`'s bit for bit."""
+    host: list[str] = []
+    for o in self.ops:
+      if o.kind in HOST_KINDS or any(i in host for i in o.inputs):
+        host.append(o.name)
+    handed = []
+    for o in self.ops:
+      if o.name in host:
+        handed += [i for i in o.inputs if i not in host and i not in handed]
+    return host, handed
 
   def accumulator_bounds(self) -> dict[str, int]:
     """Static bound of every int32 accumulator (dense: x.w + b, matmul: a.b after pre-shifts), in Python ints."""

@@ -77,6 +77,10 @@ def save(manager: ocp.CheckpointManager, step: int, *, params, meta: dict, opt_s
   manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
+class StaleCheckpointError(ValueError):
+  """A workdir checkpoint whose variable tree is not the current model's."""
+
+
 def restore_into(manager: ocp.CheckpointManager, step: int, params_target, opt_state_target,
                  quant_target=None):
   """(params, opt_state, meta) of `step`, with the shapes, dtypes and shardings of the targets; with a
@@ -86,7 +90,15 @@ def restore_into(manager: ocp.CheckpointManager, step: int, params_target, opt_s
                opt_state=ocp.args.StandardRestore(abstract(opt_state_target)), meta=ocp.args.JsonRestore())
   if quant_target is not None:
     items["quant"] = ocp.args.StandardRestore(abstract(quant_target))
-  out = manager.restore(int(step), args=ocp.args.Composite(**items))
+  try:
+    out = manager.restore(int(step), args=ocp.args.Composite(**items))
+  except ValueError as e:
+    if "tree structures do not match" not in str(e):
+      raise
+    raise StaleCheckpointError(
+        f"the checkpoint at step {step} in {manager.directory} holds another model's variables (written by an "
+        "older version or another config): start a new --workdir or remove this one (make clean for the "
+        f"demo). Orbax: {str(e).splitlines()[0]}") from None
   if quant_target is not None:
     return out["params"], out["opt_state"], out["quant"], out["meta"]
   return out["params"], out["opt_state"], out["meta"]
