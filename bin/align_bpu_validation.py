@@ -5,11 +5,10 @@ under `config.quant.align_min_identical` / over `align_max_lsb`, or an end metri
 
   python bin/align_bpu_validation.py --config=configs/argo.py [--workdir=runs/argo] [--num-batches=10]
 """
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.eval.align import BOARD_BATCH, run
 
 flags.DEFINE_string("workdir", None, "Workdir holding qat/best and int/program (default: config.workdir).")
@@ -23,16 +22,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = FLAGS.config
-  try:
-    status = run(cfg, FLAGS.workdir or cfg.workdir, num_batches=FLAGS.num_batches, batch_size=FLAGS.batch_size,
-                 max_rows=FLAGS.max_rows)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
-  sys.exit(status)
+  cli.exit_with(run, cfg, FLAGS.workdir or cfg.workdir, num_batches=FLAGS.num_batches, batch_size=FLAGS.batch_size,
+                max_rows=FLAGS.max_rows)
 
 
 if __name__ == "__main__":
-  flags.DEFINE_alias("num-batches", "num_batches")
-  flags.DEFINE_alias("batch-size", "batch_size")
-  flags.DEFINE_alias("max-rows", "max_rows")
-  app.run(main)
+  cli.run(main)

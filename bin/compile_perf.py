@@ -9,11 +9,10 @@ latency here. Writes WORKDIR/deploy/perf.json. Refuses a program that fails bin/
 Run the artifact anywhere the package's runtime is installed (no flax / training code needed):
   python -m densetnt_jax.deploy.runner WORKDIR/deploy/model.dtnt --inputs DIR --outputs DIR
 """
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.deploy.perf import run
 
 flags.DEFINE_string("workdir", None, "Workdir holding int/program (default: config.workdir).")
@@ -30,16 +29,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = FLAGS.config
-  try:
-    status = run(cfg, FLAGS.workdir or cfg.workdir, out_dir=FLAGS.out_dir, reps=FLAGS.reps, measure=FLAGS.measure,
-                 fresh_check=FLAGS.fresh_check, per_layer=FLAGS.per_layer)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
-  sys.exit(status)
+  cli.exit_with(run, cfg, FLAGS.workdir or cfg.workdir, out_dir=FLAGS.out_dir, reps=FLAGS.reps, measure=FLAGS.measure,
+                fresh_check=FLAGS.fresh_check, per_layer=FLAGS.per_layer)
 
 
 if __name__ == "__main__":
-  flags.DEFINE_alias("out-dir", "out_dir")
-  flags.DEFINE_alias("fresh-check", "fresh_check")
-  flags.DEFINE_alias("per-layer", "per_layer")
-  app.run(main)
+  cli.run(main)

@@ -10,11 +10,10 @@ prints the agreement; exits 1 when the stage's bar (config.export) fails. Writes
 The graphs end at the five program outputs (goal log-probs, top-k goals / log-probs / validity / trajectories);
 NMS and mode selection run on the host (`densetnt_jax.deploy.onnx_export.finish`).
 """
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.deploy.onnx_export import STAGES, run
 
 flags.DEFINE_enum("stage", "int", list(STAGES), "float: float model; qat: QDQ of the QAT model; int: program.")
@@ -28,14 +27,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = FLAGS.config
-  try:
-    status = run(cfg, FLAGS.workdir or cfg.workdir, FLAGS.stage, output=FLAGS.output,
-                 num_batches=FLAGS.num_batches)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
-  sys.exit(status)
+  cli.exit_with(run, cfg, FLAGS.workdir or cfg.workdir, FLAGS.stage, output=FLAGS.output, num_batches=FLAGS.num_batches)
 
 
 if __name__ == "__main__":
-  flags.DEFINE_alias("num-batches", "num_batches")
-  app.run(main)
+  cli.run(main)

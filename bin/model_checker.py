@@ -4,11 +4,10 @@ and tensor sizes. Prints a table per layer; exits 1 naming the layer and the rul
 
   python bin/model_checker.py --config=configs/argo.py [--workdir=runs/argo]
 """
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.deploy.checker import run
 
 flags.DEFINE_string("workdir", None, "Workdir holding int/program (default: config.workdir).")
@@ -20,12 +19,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = FLAGS.config
-  try:
-    status = run(cfg, FLAGS.workdir or cfg.workdir)
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
-  sys.exit(status)
+  cli.exit_with(run, cfg, FLAGS.workdir or cfg.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
