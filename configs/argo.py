@@ -164,8 +164,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   ex.float_atol = 1e-4                   # float ONNX vs JAX
   ex.qdq_max_lsb = 64                    # QDQ ONNX vs fake-quant: top-k trajectories in int8 LSB (same-goal rows)
   ex.float_max_metric_diff = 0.01        # float ONNX vs JAX: |diff| of each end metric after the host NMS
-  ex.qdq_max_metric_diff = 0.25          # QDQ vs fake-quant (float LayerNorm/softmax: 1-6 int8 LSB per layer that
-                                         # compound; demo measured <= 0.19 m on minFDE_k1, <= 0.045 on k6)
+  ex.qdq_max_metric_diff = 0.1           # QDQ vs fake-quant, K=6 end metrics (float LayerNorm/softmax and half-even
+                                         # rounding: 1-6 int8 LSB per layer; demo measured <= 0.045 m; K=1 reported)
 
   if variant == "demo":
     c.workdir = "runs/demo"

@@ -415,7 +415,8 @@ def softmax_params(x_scale, y_scale) -> SoftmaxParams:
                        requant_params(fmul(np.float32(2.0**-29), reciprocal(y_scale))))
 
 
-def softmax(x_q: jax.Array, p: SoftmaxParams, mask: jax.Array | None = None, y_bits: int = 8) -> jax.Array:
+def softmax(x_q: jax.Array, p: SoftmaxParams, mask: jax.Array | None = None, y_bits: int = 8,
+            hint: RequantHint = NO_HINT) -> jax.Array:
   """Softmax over the last axis (N <= 65537), int16 inside; masked entries and all-masked rows give 0.
 
   d = x - max (int32) -> t = requant(d) clipped to [-2^15, 0] -> e = exp table (<= 32767, the max entry
@@ -434,7 +435,7 @@ def softmax(x_q: jax.Array, p: SoftmaxParams, mask: jax.Array | None = None, y_b
   k = jnp.maximum(bit_length(s) - 15, 0)
   m = jnp.right_shift(s, k)                       # in [2^14, 2^15) when any entry is valid
   r = interp(jnp.asarray(RECIP_TABLE), jnp.clip(m - 2**14, 0, 2**14), RECIP_FRAC_BITS)
-  y = mul_shift(e * r, p.rq_y.multiplier, p.rq_y.shift + k)
+  y = mul_shift(e * r, p.rq_y.multiplier, p.rq_y.shift + k, hint.min_shift)   # k >= 0: the hint holds
   _, qmax = qrange(y_bits)
   return jnp.clip(y, 0, qmax)
 
@@ -481,7 +482,7 @@ def layernorm_params(gamma_C, beta_C, x_scale, y_scale, x_bits: int = 8, eps: fl
                          requant_params(fmul(s_acc, reciprocal(y_scale))))
 
 
-def layernorm(x_q: jax.Array, p: LayerNormParams, y_bits: int = 8) -> jax.Array:
+def layernorm(x_q: jax.Array, p: LayerNormParams, y_bits: int = 8, hint: RequantHint = NO_HINT) -> jax.Array:
   """LayerNorm over the last axis, int16 inside, with per-row power-of-two normalisation (z is scale free).
 
   D = C x - sum x (exact int32, |D| <= 2 (C-1) 2^(b-1) = 2^23 for int16, C=128) -> d = D >> kd, kd the
@@ -509,7 +510,7 @@ def layernorm(x_q: jax.Array, p: LayerNormParams, y_bits: int = 8) -> jax.Array:
   r = interp(jnp.asarray(RSQRT_TABLE), jnp.clip(m - 2**13, 0, 3 * 2**13), RSQRT_FRAC_BITS)
   z = jnp.clip(mul_shift(d * r, p.rq_z.multiplier, p.rq_z.shift + k + h), -2**15, 2**15 - 1)
   acc = rshift_round(z * p.g_q, LN_PRE_SHIFT) + p.b_q
-  return requantize(acc, p.rq_y, y_bits)
+  return requantize(acc, p.rq_y, y_bits, hint=hint)
 
 
 # ---------------------------------------------------------------------------------------- add/concat
