@@ -171,6 +171,25 @@ def test_interpreter_is_reproducible_and_batch_independent(qm):
       np.testing.assert_array_equal(codes_one[name][0], codes[name][i])
 
 
+def test_replaced_constants_take_effect_and_in_place_edits_are_refused(qm, tmp_path):
+  """The interpreter caches device copies and requant hints per constant array: a program whose constant is
+  replaced (here a requant shift lowered below 17, which changes the hint) runs the new value, exactly as a
+  freshly loaded copy of the edited program does; editing an array in place raises."""
+  import copy
+  program = copy.deepcopy(qm["program"])                     # the copy carries the original's caches
+  x = _inputs(qm["batches"][0])
+  before = run_program(program, x)
+  dense = next(o for o in program.ops if o.kind == "dense" and int(np.min(o.consts["shift"])) >= 17)
+  with pytest.raises(ValueError, match="read-only"):
+    dense.consts["shift"][0] = 3
+  dense.consts["shift"] = np.full_like(dense.consts["shift"], 16)
+  after = run_program(program, x)
+  program.save(str(tmp_path))
+  fresh = run_program(load_program(str(tmp_path)), x)
+  jax.tree.map(np.testing.assert_array_equal, after, fresh)
+  assert not np.array_equal(np.asarray(after.goal_logprobs_BxG), np.asarray(before.goal_logprobs_BxG))
+
+
 def test_program_save_load_round_trip_and_listing(qm, tmp_path):
   program = qm["program"]
   program.save(str(tmp_path))

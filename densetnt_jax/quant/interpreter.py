@@ -223,8 +223,17 @@ _COMPILED: dict = {}
 
 
 def _hints(program: Program) -> dict:
-  """Recomputed on every run (about a millisecond): constants edited in place must not meet stale hints."""
-  return {o.name: requant_hints(o) for o in program.ops}
+  """{op: requant hints}, cached per op by the identity of its constant arrays (read-only: an op whose constant
+  is replaced gets fresh hints; recomputing all of them took about a millisecond per run)."""
+  cache = program._cache.setdefault("hints", {})
+  out = {}
+  for o in program.ops:
+    arrays = tuple(o.consts.values())
+    hit = cache.get(o.name)
+    if hit is None or len(hit[0]) != len(arrays) or any(a is not b for a, b in zip(hit[0], arrays)):
+      hit = cache[o.name] = (arrays, requant_hints(o))
+    out[o.name] = hit[1]
+  return out
 
 
 def _structure(program: Program) -> str:

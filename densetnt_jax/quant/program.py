@@ -13,6 +13,7 @@ Files (`save`/`load_program`, no pickle): program.json (everything but arrays) +
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -48,6 +49,10 @@ class Op:
       if isinstance(v, np.ndarray):
         v.setflags(write=False)
 
+  def __deepcopy__(self, memo) -> "Op":
+    return Op(self.name, self.kind, self.inputs, self.shape, self.dtype, self.bits, self.scale,
+              copy.deepcopy(self.attrs, memo), {k: np.array(v) for k, v in self.consts.items()})
+
   def line(self) -> str:
     shape = "(" + ",".join("B" if d is None else str(d) for d in self.shape) + ")"
     ty = f"i{self.bits}" if self.bits else {"bool": "bool", "float32": "f32"}.get(self.dtype, self.dtype)
@@ -73,6 +78,11 @@ class Program:
                    + f") {dtype}")
     lines += [op.line() for op in self.ops]
     return "\n".join(lines)
+
+  def __deepcopy__(self, memo) -> "Program":
+    """A copy with read-only constants of its own and empty caches (the interpreter's are per program)."""
+    return Program(copy.deepcopy(self.inputs, memo), [copy.deepcopy(o, memo) for o in self.ops],
+                   dict(self.outputs), copy.deepcopy(self.meta, memo))
 
   def op(self, name: str) -> Op:
     for o in self.ops:
