@@ -26,6 +26,22 @@ def tiny_config(lmdb_dir, overrides: dict):
   return c
 
 
+def pack_real_subset(argo_dir, root, num_train: int, num_val: int, data_config):
+  """The first `num_train` train and `num_val` val CSVs of the real sample (symlinked under root/src, no copies)
+  packed to root/lmdb; returns that LMDB dir. A scene that fails to pack is an error."""
+  from densetnt_jax.data.pack import pack_split
+  src = root / "src"
+  for split, n in (("train", num_train), ("val", num_val)):
+    (src / split / "data").mkdir(parents=True)
+    for f in sorted((argo_dir / split / "data").glob("*.csv"))[:n]:
+      os.symlink(f, src / split / "data" / f.name)
+  os.symlink(argo_dir / "map_files", src / "map_files")
+  for split in ("train", "val"):
+    summary = pack_split(src, split, root / "lmdb", data_config, num_workers=1, progress=False)
+    assert not summary.failed, summary.format()
+  return root / "lmdb"
+
+
 @pytest.fixture(scope="session")
 def argo_dir() -> pathlib.Path:
   """The real data. Missing data is an error, not a skip: CI always has shared/ beside the checkout."""

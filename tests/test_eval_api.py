@@ -1,6 +1,5 @@
 """Evaluation driver, leaderboard file and the Predictor API on a tiny trained model (real scenes)."""
 import json
-import os
 import subprocess
 import sys
 
@@ -8,8 +7,7 @@ import numpy as np
 import pytest
 
 import densetnt_jax
-from conftest import ROOT, load_config
-from densetnt_jax.data.pack import pack_split
+from conftest import ROOT, load_config, pack_real_subset
 from densetnt_jax.data.scene import to_city_frame
 from densetnt_jax.eval.evaluate import evaluate, format_table
 from densetnt_jax.eval.leaderboard import read_leaderboard_h5
@@ -21,17 +19,10 @@ def run(argo_dir, tmp_path_factory):
   """8 train + 6 val real scenes packed; a tiny model trained for 2 steps. -> (config, workdir, src)."""
   root = tmp_path_factory.mktemp("eval_api")
   src = root / "src"
-  for split, n in (("train", 8), ("val", 6)):
-    (src / split / "data").mkdir(parents=True)
-    for f in sorted((argo_dir / split / "data").glob("*.csv"))[:n]:
-      os.symlink(f, src / split / "data" / f.name)
-  os.symlink(argo_dir / "map_files", src / "map_files")
   config = load_config("tiny")
-  config.data.lmdb_dir = str(root / "lmdb")
+  config.data.lmdb_dir = str(pack_real_subset(argo_dir, root, 8, 6, config.data))
   config.train.eval_batch_size = 4
   config.train.epochs = 1
-  for split in ("train", "val"):
-    pack_split(src, split, config.data.lmdb_dir, config.data, num_workers=1, progress=False)
   workdir = root / "work"
   train_and_evaluate(config, str(workdir))
   return config, workdir, src

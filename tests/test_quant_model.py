@@ -1,21 +1,15 @@
-"""The quantized model on tiny-config shapes (depth 2, goal offsets): calibration, fake-quant (QAT),
-the integer program and its interpreter. Random init, 3 calibration batches of random-but-valid scenes
-(test_model.random_batch), the config's int16 globs (mixed precision). Compiles dominate: one observe step, one
+"""The quantized model on tiny-config shapes (conftest.tiny_quant: depth 1, no goal offsets): calibration,
+fake-quant (QAT), the integer program and its interpreter. Random init, 3 calibration batches of random-but-valid
+scenes (test_model.random_batch), the config's int16 globs (mixed precision). Compiles dominate: one observe step, one
 QAT step (outputs and gradients from one jit), one fake-quant predict, the program at batch 4 and at batch 1."""
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import load_config
-from test_model import random_batch
 
 from densetnt_jax.data.scene import MODEL_INPUT_FIELDS
-from densetnt_jax.model import build_model, densetnt_loss
-from densetnt_jax.quant import (arith, calibrate, codes_by_name, convert, init_quant_state, load_program,
-                                observers, run_program)
+from densetnt_jax.model import densetnt_loss
+from densetnt_jax.quant import arith, calibrate, codes_by_name, load_program, run_program
 from densetnt_jax.quant.calibration import point_bits
 
 B, NUM_BATCHES = 4, 3
@@ -35,7 +29,7 @@ def _points(tree, prefix=()):
 
 @pytest.fixture(scope="module")
 def qm(tiny_quant):
-  config, model, params = tiny_quant["config"], tiny_quant["model"], tiny_quant["params"]
+  config, model = tiny_quant["config"], tiny_quant["model"]
 
   def loss_fn(p, q, b):
     out = model.apply({"params": p, "quant": q}, b, train=True)

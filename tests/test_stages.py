@@ -18,9 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, tiny_config
+from conftest import ROOT, load_config, pack_real_subset, tiny_config
 import densetnt_jax
-from densetnt_jax.data.pack import pack_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.eval.align import BOARD_BATCH, run as align_run
 from densetnt_jax.eval.evaluate import evaluate
@@ -67,18 +66,9 @@ def _jsonl(workdir, stage):
 
 @pytest.fixture(scope="module")
 def lmdb_dir(argo_dir, tmp_path_factory):
-  """The first 12 train and 8 val CSVs of the real sample, packed (symlinked source, no copies)."""
-  root = tmp_path_factory.mktemp("stages_data")
-  src = root / "src"
-  for split, n in (("train", NUM_TRAIN), ("val", NUM_VAL)):
-    (src / split / "data").mkdir(parents=True)
-    for f in sorted((argo_dir / split / "data").glob("*.csv"))[:n]:
-      os.symlink(f, src / split / "data" / f.name)
-  os.symlink(argo_dir / "map_files", src / "map_files")
-  for split in ("train", "val"):
-    assert not pack_split(src, split, root / "lmdb", load_config("tiny").data, num_workers=1,
-                          progress=False).failed
-  return root / "lmdb"
+  """The first 12 train and 8 val CSVs of the real sample, packed."""
+  return pack_real_subset(argo_dir, tmp_path_factory.mktemp("stages_data"), NUM_TRAIN, NUM_VAL,
+                          load_config("tiny").data)
 
 
 def _corrupt_a_weight(workdir, to) -> str:

@@ -15,8 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, tiny_config
-from densetnt_jax.data.pack import pack_split
+from conftest import ROOT, load_config, pack_real_subset, tiny_config
 from densetnt_jax.model import build_model
 from densetnt_jax.train import loop
 from densetnt_jax.train.checkpoint import checkpoint_dir, latest_manager, load_config as load_run_config
@@ -82,19 +81,9 @@ def _assert_trees_close(a, b, atol):
 
 @pytest.fixture(scope="module")
 def lmdb_dir(argo_dir, tmp_path_factory):
-  """The first 12 train and 8 val CSVs of the real sample, packed (symlinked source, no copies)."""
-  root = tmp_path_factory.mktemp("train_data")
-  src = root / "src"
-  for split, n in (("train", NUM_TRAIN), ("val", NUM_VAL)):
-    (src / split / "data").mkdir(parents=True)
-    for f in sorted((argo_dir / split / "data").glob("*.csv"))[:n]:
-      os.symlink(f, src / split / "data" / f.name)
-  os.symlink(argo_dir / "map_files", src / "map_files")
-  data_config = load_config("tiny").data
-  for split in ("train", "val"):
-    summary = pack_split(src, split, root / "lmdb", data_config, num_workers=1, progress=False)
-    assert not summary.failed
-  return root / "lmdb"
+  """The first 12 train and 8 val CSVs of the real sample, packed."""
+  return pack_real_subset(argo_dir, tmp_path_factory.mktemp("train_data"), NUM_TRAIN, NUM_VAL,
+                          load_config("tiny").data)
 
 
 @pytest.fixture(scope="module")

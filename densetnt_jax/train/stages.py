@@ -112,25 +112,41 @@ def evaluate_stage(config, make_predict_fn, params, quant=None) -> dict[str, flo
   return {f"val/{k}": v for k, v in val.items()}
 
 
-def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Calibrates the float best on train batches, saves {workdir}/calibration/best/0, evaluates it (fake-quant)."""
+def _start_one_shot(config: ml_collections.ConfigDict, workdir, stage: str, split: str):
+  """The start both one-shot stages share: the previous stage's output, the checked (and saved) config, the
+  split it reads, the model. -> (absolute workdir, params, quant, dataset, model)."""
   from densetnt_jax.model import build_model
-  from densetnt_jax.quant import calibrate, init_quant_state
-
   workdir = os.path.abspath(str(workdir))
-  params, _ = load_stage_input(workdir, "calibration")
+  params, quant = load_stage_input(workdir, stage)
   loop.check_batch_sizes(config.train)
-  train_ds = loop.open_split(config.data, config.data.train_split)
+  dataset = loop.open_split(config.data, split)
   if jax.process_index() == 0:
     ckpt.save_config(config, workdir)
-  model = build_model(config)
+  return workdir, params, quant, dataset, build_model(config)
+
+
+def _evaluate_and_log(config, workdir: str, stage: str, timing: dict, make_predict_fn, params, quant=None) -> dict:
+  """val metrics of a one-shot stage, logged at step 0 beside its timing to {workdir}/{stage}/metrics.jsonl."""
+  log = _fresh_log(os.path.join(workdir, stage), bool(config.train.tensorboard))
+  try:
+    val = evaluate_stage(config, make_predict_fn, params, quant)
+    log.write(0, {**timing, **val})
+  finally:
+    log.close()
+  return {"step": 0, **timing, **val}
+
+
+def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Calibrates the float best on train batches, saves {workdir}/calibration/best/0, evaluates it (fake-quant)."""
+  from densetnt_jax.quant import calibrate, init_quant_state
+
+  workdir, params, _, train_ds, model = _start_one_shot(config, workdir, "calibration", config.data.train_split)
   start = time.perf_counter()
   quant = init_quant_state(model, params, model_inputs(train_ds.make_batch([0])), config.quant)
   quant = calibrate(model, params, quant, calibration_batches(config, train_ds), config.quant)
   quant = jax.device_get(quant)
   seconds = time.perf_counter() - start
 
-  stage_dir = os.path.join(workdir, "calibration")
   best_dir = ckpt.checkpoint_dir(workdir, "calibration", "best")
   if jax.process_index() == 0 and os.path.isdir(best_dir):
     shutil.rmtree(best_dir)                # calibration is deterministic: a re-run replaces it
@@ -143,28 +159,15 @@ def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
     manager.wait_until_finished()
   finally:
     manager.close()
-
-  log = _fresh_log(stage_dir, bool(config.train.tensorboard))
-  try:
-    val = evaluate_stage(config, lambda mesh: loop.make_predict_fn(model, mesh), params, quant)
-    log.write(0, {"calibration/seconds": seconds, **val})
-  finally:
-    log.close()
-  return {"step": 0, "calibration/seconds": seconds, **val}
+  return _evaluate_and_log(config, workdir, "calibration", {"calibration/seconds": seconds},
+                           lambda mesh: loop.make_predict_fn(model, mesh), params, quant)
 
 
 def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
   """Converts the qat best to an integer program ({workdir}/int/program) and evaluates it (interpreter)."""
-  from densetnt_jax.model import build_model
   from densetnt_jax.quant import convert
 
-  workdir = os.path.abspath(str(workdir))
-  params, quant = load_stage_input(workdir, "int")
-  loop.check_batch_sizes(config.train)
-  val_ds = loop.open_split(config.data, config.data.val_split)
-  if jax.process_index() == 0:
-    ckpt.save_config(config, workdir)
-  model = build_model(config)
+  workdir, params, quant, val_ds, model = _start_one_shot(config, workdir, "int", config.data.val_split)
   start = time.perf_counter()
   example = model_inputs(val_ds.make_batch(np.arange(min(len(val_ds), config.train.eval_batch_size))))
   program = convert(model, params, quant, example, config)
@@ -175,14 +178,9 @@ def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
       shutil.rmtree(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     program.save(path)
-  stage_dir = os.path.join(workdir, "int")
-  log = _fresh_log(stage_dir, bool(config.train.tensorboard))
-  try:
-    val = evaluate_stage(config, lambda mesh: make_program_predict_fn(program), None)
-    log.write(0, {"int/convert_seconds": seconds, **val})
-  finally:
-    log.close()
-  return {"step": 0, "int/convert_seconds": seconds, "program": path, **val}
+  result = _evaluate_and_log(config, workdir, "int", {"int/convert_seconds": seconds},
+                             lambda mesh: make_program_predict_fn(program), None)
+  return dict(result, program=path)
 
 
 def make_program_predict_fn(program):
