@@ -8,6 +8,7 @@ returns them with `return_codes=True`, both keyed by the op's path in the model 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import sys
@@ -68,7 +69,7 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   n_batches = dataset.num_batches(batch_size, drop_remainder=False)
   if num_batches > 0:
     n_batches = min(n_batches, num_batches)
-  seen, artifact_batches, artifact_differs, onnx_batches = 0, 0, set(), []
+  seen, artifact_batches, artifact_differs = 0, 0, set()
   for i, batch in enumerate(tqdm(dataset.batches(batch_size), total=n_batches, desc="align",
                                  disable=not progress, unit="batch")):
     if i >= n_batches:
@@ -81,8 +82,6 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
       artifact_batches += 1
       artifact_differs.update(f for f, a, b in zip(pred_int._fields, pred_int, pred_art)
                               if np.asarray(a).tobytes() != np.asarray(b).tobytes())
-    if int_onnx is not None:
-      onnx_batches.append(inputs)
     codes_fq, codes_int = codes_by_name(inter), dict(codes)
     for k in codes_fq:
       if k not in codes_int:
@@ -113,7 +112,9 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
     result["artifact"] = {"batches": artifact_batches, "differing": sorted(artifact_differs)}
   if int_onnx is not None:
     from densetnt_jax.deploy import onnx_export
-    res = onnx_export.compare_batches(int_onnx, onnx_batches, onnx_export.int_reference(program),
+    # a second pass over the same batches (the loader is cheap) rather than holding the whole split in memory
+    batches = (model_inputs(b) for b in itertools.islice(dataset.batches(batch_size), n_batches))
+    res = onnx_export.compare_batches(int_onnx, batches, onnx_export.int_reference(program),
                                       complete=onnx_export.complete_int(program))
     res["failures"] = onnx_export.failures("int", res, config)
     result["int_onnx"] = res

@@ -204,7 +204,7 @@ def _requant(prefix: str, rq: A.Requant) -> dict:
 
 def _consts(r: dict, params, s_in: list, s_out, b_in: list) -> dict:
   """Integer constants of one recorded op: the same arith.*_params calls as the fake-quant forms."""
-  kind, name, b_out = r["kind"], r["name"], r["bits"]
+  kind, name = r["kind"], r["name"]
   if kind == "dense":
     p = _at(params, name, "params")
     d = A.dense_params(p["kernel"], p.get("bias"), s_in[0], s_out, b_in[0], 8, False)
