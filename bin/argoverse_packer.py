@@ -12,7 +12,8 @@ from densetnt_jax.data.pack import pack_split
 
 flags.DEFINE_string("src_data_dir", None, "Argoverse 1.1 root: {train,val,test_obs}/data/*.csv, map_files/.",
                     required=True)
-flags.DEFINE_enum("mode", "train", ["train", "val", "test"], "Split to pack.")
+flags.DEFINE_string("mode", "train", "Split to pack: train, val, test (test_obs/) or another split directory "
+                    "with 50-step sequences (e.g. val_large of the real layout).")
 flags.DEFINE_enum("pack_type", "lmdb", ["lmdb"], "Output format (LMDB only).")
 flags.DEFINE_integer("num_workers", 4, "Worker processes.")
 flags.DEFINE_string("target_data_dir", None, "Output root; writes {mode}_lmdb there.", required=True)

@@ -18,6 +18,9 @@ Variants (`--config=configs/argo.py:VARIANT`):
   demo    the synthetic city written by `make demo` (data/synthetic_city), a schedule that trains in
           minutes on 2 CPU cores.
   sample  the real Argoverse 1.1 sample in ../shared/data/argoverse1 (244 train -> 99 val).
+  real    real traffic (`make real`): the sample's 244 train + 2,524 of the 2,924 archive scenes
+          (../shared/data/argoverse1_more) -> the sample's 99 val; `val_large` adds the 400 held-out archive
+          scenes (499) for less noisy comparisons. Layout built by bin/make_real_layout.py in data/.
   tiny    a very small model and schedule, for tests.
 """
 import os
@@ -61,16 +64,32 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   m.pred_steps = 30
   m.top_k = 150
   m.goal_offset = False                  # optional goal offset regression head
+  # DenseTNT's dense goal stage: a lattice grid (dense_spacing m, +-dense_radius steps: 5 x 5) around each of the
+  # top dense_seeds sparse goals, de-duplicated, the first dense_points unique points scored with the sparse
+  # ones under one softmax (DenseTNT: 150 seeds, 1 m, 2). 0 seeds: HAT's sparse-only decoder.
+  m.dense_seeds = 0
+  m.dense_points = 512
+  m.dense_radius = 2
+  m.dense_spacing = 1.0
 
   c.postprocess = p = ml_collections.ConfigDict()
-  p.threshold = 2.0
+  p.threshold = 2.0                      # NMS radius; the miss threshold of selection="mr"
   p.pred_steps = 30
   p.mode_num = 6
+  p.selection = "nms"                    # nms (HAT) | mr | fde: DenseTNT's goal-set optimisation (postprocess.py)
+  p.endpoint = "model"                   # model: as completed | snap: last point := goal (DenseTNT) | shift: the
+                                         # trajectory moved onto its goal linearly in time
+  p.opt_iterations = 6                   # mr / fde: best-swap rounds of the local search
+  p.opt_restarts = 4                     # mr / fde: seeded random starting sets beside the greedy one
+  p.opt_seed = 0
+  p.mr_fde_weight = 0.05                 # mr: + this x E[FDE] / threshold, a tie-break between equal-MR sets
+  p.opt_temperature = 1.0                # mr / fde: the distribution as exp(log p / T) (T > 1 flattens it)
 
   c.loss = l = ml_collections.ConfigDict()
   l.goal_weight = 1.0
   l.traj_weight = 1.0
   l.offset_weight = 1.0
+  l.set_weight = 1.0                     # dense stage: cross-entropy over the whole goal set
 
   # --- float training (HAT seed: AdamW 1e-3, wd 0.01, cosine, 1 warm-up epoch, 30 epochs) ---
   c.train = t = ml_collections.ConfigDict()
@@ -131,11 +150,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # model read only this section. "assumption" marks numbers that are not published figures. ---
   c.target = tg = ml_collections.ConfigDict()
   tg.name = "j6e-class"
-  # ops: on-chip compute kinds -> output code widths each supports; layout ops (copies, gathers, top-k) run
-  # on-chip at any width; host ops run on the CPU in float (HAT: the post-process runs on the host)
+  # ops: on-chip compute kinds -> output code widths each supports (0: a bool mask); layout ops (copies,
+  # gathers, top-k) run on-chip at any width; host ops run on the CPU in float (HAT: the post-process runs on
+  # the host). dense_grid / dense_grid_mask: integer adds, multiplies, a division by a constant and compares.
   tg.op_bits = ml_collections.ConfigDict(dict(
       quantize=(8, 16), dense=(8, 16), layernorm=(8, 16), relu=(8, 16), masked_max=(8, 16),
-      masked_fill=(8, 16), matmul=(8, 16), softmax=(8, 16), add=(8, 16), mask_add=(8, 16), concat=(8, 16)))
+      masked_fill=(8, 16), matmul=(8, 16), softmax=(8, 16), add=(8, 16), mask_add=(8, 16), concat=(8, 16),
+      dense_grid=(8, 16), dense_grid_mask=(0,)))
   tg.layout_ops = ("reshape", "broadcast_to", "index", "concatenate", "tile", "moveaxis", "take_along_axis",
                    "top_k")
   tg.host_ops = ("log_softmax",)
@@ -190,6 +211,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     t.epochs = 10
     t.log_every_steps = 5
     t.checkpoint_every_steps = 100
+  elif variant == "real":
+    c.workdir = "runs/real"
+    d.src_dir = "data/argoverse1_real"
+    d.lmdb_dir = "data/real_lmdb"
+    t.batch_size = 32
+    t.eval_batch_size = 33
+    t.epochs = 20
+    t.log_every_steps = 20
+    t.checkpoint_every_steps = 200
   elif variant == "tiny":
     c.workdir = "runs/tiny"
     d.max_traj_num = 8
@@ -208,5 +238,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     q.calibration_batches = 2
     t.log_every_steps = 1
   elif variant:
-    raise ValueError(f"unknown config variant {variant!r}; expected one of demo, sample, tiny")
+    raise ValueError(f"unknown config variant {variant!r}; expected one of demo, sample, real, tiny")
   return c

@@ -10,6 +10,7 @@ from onnx import helper
 
 from densetnt_jax.deploy import onnx_export as X
 from densetnt_jax.deploy import onnx_ops
+from densetnt_jax.model.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
 
 
@@ -55,7 +56,7 @@ def test_int_export_other_batch_size_and_host_nms(tiny_quant, int_export):
   inputs = {k: v[:3] for k, v in batch.items()}
   outs = X.complete_int(program)(X.run_onnx(session, inputs))
   assert outs["topk_trajs_BxNxFx2"].shape[0] == 3
-  pred = X.finish(outs, program.meta["threshold"], program.meta["mode_num"])
+  pred = X.finish(outs, PostprocessSettings.from_meta(program.meta))
   ref = run_program(program, inputs)
   np.testing.assert_array_equal(np.asarray(pred.trajs_BxKxFx2), np.asarray(ref.trajs_BxKxFx2))
   np.testing.assert_array_equal(np.asarray(pred.mode_mask_BxK), np.asarray(ref.mode_mask_BxK))

@@ -11,6 +11,7 @@ import glob
 import json
 import multiprocessing
 import os
+import re
 import time
 
 from tqdm.auto import tqdm
@@ -24,6 +25,18 @@ from densetnt_jax.data.vectorize import vectorize_csv, vectorize_settings
 
 SPLIT_DIRS = {"train": "train", "val": "val", "test": "test_obs"}
 EXPECTED_STEPS = {"train": 50, "val": 50, "test": 20}
+# Besides the official three, a split may be any lower-case name (`val_large` of the real layout): its CSVs are
+# `{name}/data/*.csv` with futures (50 steps).
+SPLIT_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def split_source(mode: str) -> tuple[str, int]:
+  """(directory under the source root, steps per sequence) of a split name."""
+  if mode in SPLIT_DIRS:
+    return SPLIT_DIRS[mode], EXPECTED_STEPS[mode]
+  if not SPLIT_NAME.fullmatch(mode):
+    raise ValueError(f"split name {mode!r}: expected train, val, test or a lower-case name like val_large")
+  return mode, EXPECTED_STEPS["train"]
 META_KEY = b"__meta__"
 COMMIT_EVERY = 256
 
@@ -80,16 +93,15 @@ def _pack_one(args):
 def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_workers: int = 1,
                shard_index: int = 0, num_shards: int = 1, progress: bool = True,
                commit_every: int = COMMIT_EVERY, _stop_after: int | None = None) -> PackSummary:
-  """Packs `src/{train,val,test_obs}/data/*.csv` into `target/{mode}_lmdb` (resumes a partial run).
+  """Packs `src/{train,val,test_obs,<name>}/data/*.csv` into `target/{mode}_lmdb` (resumes a partial run).
 
   Records are committed every `commit_every` scenes: a killed run loses at most that many, and a re-run
   skips every committed one. `_stop_after` (tests only) raises after that many new records, as a crash would.
   """
-  if mode not in SPLIT_DIRS:
-    raise ValueError(f"mode must be one of {sorted(SPLIT_DIRS)}, got {mode!r}")
+  split_dir, expected_steps = split_source(mode)
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard index {shard_index} outside [0, {num_shards})")
-  csv_dir = os.path.join(str(src_data_dir), SPLIT_DIRS[mode], "data")
+  csv_dir = os.path.join(str(src_data_dir), split_dir, "data")
   map_dir = os.path.join(str(src_data_dir), "map_files")
   files = sorted(glob.glob(os.path.join(csv_dir, "*.csv")))
   if not files:
@@ -128,7 +140,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
         todo.append(path)
 
     start = time.perf_counter()
-    jobs = [(p, map_dir, data_config, EXPECTED_STEPS[mode]) for p in todo]
+    jobs = [(p, map_dir, data_config, expected_steps) for p in todo]
     pool = multiprocessing.get_context("fork").Pool(num_workers) if num_workers > 1 else None
     results = pool.imap_unordered(_pack_one, jobs, chunksize=8) if pool else map(_pack_one, jobs)
     txn = env.begin(write=True)

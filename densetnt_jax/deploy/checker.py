@@ -22,6 +22,7 @@ Accumulator bounds (exact integers from the program's own constants, input codes
   layernorm   max of C x - sum x: 2 (C-1) 2^(b-1); (z g) >> 4 + beta: 2^15 max|g_q| / 16 + max|b_q|;
               d r <= 2^15 max(RSQRT_TABLE)
   softmax     max of the exp sum N * max(EXP_TABLE) and e r <= max(EXP_TABLE) * max(RECIP_TABLE)
+  dense_grid(_mask)  the lattice point (L_max + R) * step and x + step // 2 (arith.grid_acc_bound)
 Requantization itself (`arith.mul_shift`) is exact for any int32 input (16-bit limbs), so it has no bound
 of its own; relu, masked max / fill, concat and the layout ops do no arithmetic wider than their codes. The
 int16 x int8 dots run as three int8 dots whose int32 sum wraps back to the exact value: the bound checked is
@@ -43,6 +44,7 @@ from densetnt_jax.quant.program import GLUE, Op, Program
 RULES = ("graph", "op-supported", "op-bits", "scale", "static-shape", "accumulator", "multiplier", "shift", "lut",
          "tensor-size")
 LUTS_BY_KIND = {"softmax": ("EXP_TABLE", "RECIP_TABLE"), "layernorm": ("RSQRT_TABLE",)}
+ACCUMULATOR_KINDS = ("dense", "matmul", "add", "mask_add", "layernorm", "softmax", "dense_grid", "dense_grid_mask")
 
 
 # ------------------------------------------------------------------------------------------------ spec
@@ -167,6 +169,11 @@ def accumulator_bound(o: Op) -> int | None:
     n = o.shape[-1]
     e_max = int(np.max(A.EXP_TABLE))
     return max(n * e_max, e_max * int(np.max(A.RECIP_TABLE)))
+  if o.kind in ("dense_grid", "dense_grid_mask"):
+    step = int(np.max(c["step"]))
+    if step < 1:
+      return 2**63                                 # a zero lattice step divides by zero: never fits
+    return A.grid_acc_bound(step, int(a["radius"]), a["in_bits"][0])
   return None
 
 
@@ -237,8 +244,7 @@ def check_program(program: Program, spec: TargetSpec) -> CheckReport:
     # static-shape
     _check_shape(o.name, o.shape, fail)
     # accumulator
-    bound = accumulator_bound(o) if o.kind in ("dense", "matmul", "add", "mask_add", "layernorm", "softmax") \
-        else None
+    bound = accumulator_bound(o) if o.kind in ACCUMULATOR_KINDS else None
     if bound is not None and bound > acc_limit:
       fail(o.name, "accumulator", f"int{spec.accumulator_bits} accumulator can reach {bound} "
            f"(2^{math.log2(bound):.2f}) > {acc_limit} for inputs in range")

@@ -15,7 +15,7 @@
 
 Every graph has the model-input fields as inputs (batch axis symbolic, "B") and ends at the program's five
 outputs: goal_logprobs_BxG, topk_goals_BxNx2, topk_logprobs_BxN, topk_valid_BxN, topk_trajs_BxNxFx2. Goal NMS
-and mode selection stay on the host: `finish(outputs, threshold, mode_num)` runs the model's own
+and mode selection stay on the host: `finish(outputs, settings)` runs the model's own
 `postprocess.finish_prediction` on them (as `run_program` does). No TensorFlow, no jax2onnx.
 
   proto = export_int(program); sess = make_session(proto); outs = run_onnx(sess, inputs)
@@ -36,6 +36,7 @@ import onnx
 
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_ops import Emitter, i32
+from densetnt_jax.model.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant.program import GLUE, Program
 
@@ -55,7 +56,7 @@ def _opset(config) -> int:
 
 
 def _at(tree, name: str):
-  for k in name.split("/"):
+  for k in name.split("@", 1)[0].split("/"):    # a call_tag suffix names a second call of the same module
     tree = tree[k]
   return tree
 
@@ -182,6 +183,12 @@ def _float_op(e: Emitter, op, xs, in_shapes, params, qdq: dict | None = None):
     return e.node("Add", [xs[0], e.where(xs[1], np.float32(0), np.float32(A.MASK_NEG_Q))])
   if k == "concat":
     return e.node("Concat", xs, axis=int(a["axis"]))
+  if k == "dense_grid":
+    lat = ops.float_lattice(e, xs[0], a["spacing"])
+    return ops.grid_points(e, lat, a["radius"], np.float32(a["spacing"]))
+  if k == "dense_grid_mask":
+    lat = ops.float_lattice(e, xs[0], a["spacing"])
+    return ops.lattice_first(e, lat, xs[1], a["radius"], in_shapes[0][-2], np.float32)
   raise ValueError(f"float export: unknown op kind {k!r} ({op.name})")
 
 
@@ -191,7 +198,17 @@ def _qdq_op(e: Emitter, op, xs, in_shapes, params, scales: dict, codes: dict):
   propagation into an int8/uint8 type error); `codes` maps a DQ output to its (codes, scale, zero point)."""
   if op.kind in GLUE and op.kind != "top_k" and xs[0] in codes:
     q, s, zp = codes[xs[0]]
-    qy = ops.glue(e, op.kind, op.attrs, [q] + xs[1:], in_shapes, op.shape)
+    qs = [codes[x][0] if x in codes else x for x in xs]      # a code concatenation joins codes of one scale
+    qy = ops.glue(e, op.kind, op.attrs, qs, in_shapes, op.shape)
+    y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
+    codes[y] = (qy, s, zp)
+    return y
+  if op.kind in ("dense_grid", "dense_grid_mask"):         # integer lattice arithmetic on the seeds' codes
+    q, s, zp = codes[xs[0]]
+    y = _int_op(e, op, [e.cast(q, np.int32)] + xs[1:], in_shapes)
+    if op.kind == "dense_grid_mask":
+      return y
+    qy = e.cast(y, ops.CODE_DTYPE[op.bits])
     y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
     codes[y] = (qy, s, zp)
     return y
@@ -294,6 +311,10 @@ def _int_op(e: Emitter, op, xs, in_shapes):
   if k == "concat":
     parts = [ops.requantize(e, x, c, f"{i}_", op.bits) for i, x in enumerate(xs)]
     return e.node("Concat", parts, axis=int(a["axis"]))
+  if k == "dense_grid":
+    return ops.int_dense_grid(e, xs[0], c["step"], a["radius"], op.bits)
+  if k == "dense_grid_mask":
+    return ops.int_dense_grid_mask(e, xs[0], xs[1], c["step"], a["radius"], a["in_bits"][0], in_shapes[0][-2])
   if k == "log_softmax":
     x = e.node("Mul", [e.cast(xs[0], np.float32), np.float32(c["in_scale"])])
     return _log_softmax(e, x)
@@ -360,10 +381,10 @@ def complete_int(program: Program):
   return complete
 
 
-def finish(outputs: dict, threshold: float, mode_num: int):
+def finish(outputs: dict, settings):
   """Host epilogue: the model's NMS / mode selection on the five ONNX outputs (a Prediction)."""
   from densetnt_jax.model.postprocess import finish_prediction
-  return finish_prediction(**{r: outputs[r] for r in OUTPUT_ROLES}, threshold=threshold, mode_num=mode_num)
+  return finish_prediction(**{r: outputs[r] for r in OUTPUT_ROLES}, settings=settings)
 
 
 # ------------------------------------------------------------------------------------------ references
@@ -474,11 +495,11 @@ METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
 def compare_batches(session, batches, reference, *, scales: dict | None = None, codes: bool = False,
-                    postprocess: tuple | None = None, miss_threshold: float = 2.0, complete=None) -> dict:
+                    postprocess: PostprocessSettings | None = None, miss_threshold: float = 2.0, complete=None) -> dict:
   """Runs `session` and `reference(inputs)` on every batch; per output: max |diff|, share of bit-identical
   elements (top-k outputs on the rows where both picked the same goal), max LSB where `scales` give one;
   `rows_agree`: share of top-k rows whose goal both sides picked alike. codes: the reference also returns
-  per-op codes, compared with the session's `codes/<op>` outputs. postprocess=(threshold, mode_num) and
+  per-op codes, compared with the session's `codes/<op>` outputs. postprocess=PostprocessSettings and
   batches carrying labels (future_Fx2, has_future, seq_id): end metrics of both after the host NMS."""
   from densetnt_jax.eval.metrics import MetricsAccumulator
   scales = scales or {}
@@ -511,7 +532,7 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
       scored = np.broadcast_to(scored, np.shape(inputs["future_Fx2"])[:1])
       scored_total += int(scored.sum())
       for k, outs in (("reference", ref), ("onnx", got)):
-        pred = finish(outs, *postprocess)
+        pred = finish(outs, postprocess)
         accs[k].add(np.asarray(pred.trajs_BxKxFx2), np.asarray(pred.probs_BxK), np.asarray(inputs["future_Fx2"]),
                     valid_N=scored)
   res = {"outputs": {r: s.result() for r, s in stats.items()}, "rows_agree": rows_same / max(rows_total, 1),
@@ -577,7 +598,7 @@ def check_export(stage: str, proto: onnx.ModelProto, batches, reference, config,
   {"outputs", "rows_agree", ..., "failures": [...]} (empty failures: the export passes)."""
   onnx.checker.check_model(proto)
   session = make_session(proto, **(session_kwargs or {}))
-  post = (float(config.postprocess.threshold), int(config.postprocess.mode_num)) if metrics else None
+  post = PostprocessSettings.from_config(config.postprocess) if metrics else None
   res = compare_batches(session, batches, reference, scales=scales, codes=codes, postprocess=post,
                         miss_threshold=float(config.eval.miss_threshold) if "eval" in config else 2.0,
                         complete=complete)

@@ -424,3 +424,56 @@ def softmax(e: Emitter, x, c: dict, bits: int):
   r = interp(e, A.RECIP_TABLE, e.clip(e.sub(m, i32(2**14)), 0, 2**14), A.RECIP_FRAC_BITS)
   y = mul_shift(e, e.mul(ex, r), i32(c["mult"]), e.add(i32(c["shift"]), k))
   return e.clip(y, 0, A.qrange(bits)[1])
+
+
+# ------------------------------------------------------------------------------------------ dense goal grid
+def grid_points(e: Emitter, lattice_BxMx2, radius: int, step):
+  """arith.lattice_points(L, radius) * step: (B, M*D, 2), seed-major (float or int32 by the operands)."""
+  off = A.grid_offsets(radius)
+  dtype = np.asarray(step).dtype
+  pts = e.add(e.unsqueeze(lattice_BxMx2, [-2]), off.astype(dtype))
+  return e.mul(e.node("Reshape", [pts, np.asarray([0, -1, 2], np.int64)]), step)
+
+
+def lattice_first(e: Emitter, lattice_BxMx2, seed_valid_BxM, radius: int, m: int, dtype=np.int32):
+  """arith.lattice_first: (B, M*D) bool, the first copy of every lattice point of a valid seed (lattice
+  coordinates of `dtype`: int32 codes' lattice, float32 in the float model)."""
+  w = 2 * radius + 1
+  r = np.arange(-radius, radius + 1).astype(dtype)
+  d = e.sub(e.unsqueeze(lattice_BxMx2, [2]), e.unsqueeze(lattice_BxMx2, [1]))             # (B, M, M', 2)
+  near = e.node("LessOrEqual", [e.node("Abs", [e.add(e.unsqueeze(d, [3]), r[:, None])]),
+                                np.asarray(radius, dtype)])                              # (B, M, M', W, 2)
+  near_x, near_y = (index(e, near, (Ellipsis, c), 5) for c in (0, 1))                   # (B, M, M', W)
+  covered = e.node("And", [e.unsqueeze(near_x, [-1]), e.unsqueeze(near_y, [-2])])          # (B, M, M', W, W)
+  earlier = e.node("And", [np.tri(m, m, -1, dtype=bool), e.unsqueeze(seed_valid_BxM, [1])])  # (B, M, M')
+  hit = e.cast(e.node("And", [covered, e.unsqueeze(earlier, [3, 4])]), np.int32)
+  dup = e.cast(e.reduce("ReduceMax", hit, 2, keepdims=False), bool)                         # (B, M, W, W)
+  dup = e.node("Reshape", [dup, np.asarray([0, m, w * w], np.int64)])
+  keep = e.node("And", [e.unsqueeze(seed_valid_BxM, [-1]), e.node("Not", [dup])])
+  return e.node("Reshape", [keep, np.asarray([0, -1], np.int64)])
+
+
+def float_lattice(e: Emitter, x, spacing: float):
+  """primitives.grid_lattice: floor(x * (1 / spacing) + 0.5) in float32."""
+  return e.node("Floor", [e.add(e.mul(x, np.float32(1.0 / spacing)), np.float32(0.5))])
+
+
+def int_lattice(e: Emitter, x, step):
+  """arith.grid_lattice: floor((x + step // 2) / step) on int32, the floor as (v - Mod(v, step)) / step."""
+  v = e.add(x, i32(int(step) // 2))
+  return e.div(e.sub(v, e.mod(v, i32(step))), i32(step))
+
+
+def int_dense_grid(e: Emitter, x, step, radius: int, bits: int):
+  qmin, qmax = A.qrange(bits)
+  return e.clip(grid_points(e, int_lattice(e, x, step), radius, i32(step)), qmin, qmax)
+
+
+def int_dense_grid_mask(e: Emitter, x, seed_valid, step, radius: int, bits: int, m: int):
+  qmin, qmax = A.qrange(bits)
+  lat = int_lattice(e, x, step)
+  pts = grid_points(e, lat, radius, i32(step))
+  inside = e.cast(e.reduce("ReduceMin", e.cast(e.node("And", [e.ge(pts, i32(qmin)),
+                                                             e.node("LessOrEqual", [pts, i32(qmax)])]),
+                                               np.int32), -1, keepdims=False), bool)
+  return e.node("And", [lattice_first(e, lat, seed_valid, radius, m), inside])

@@ -26,7 +26,8 @@ from densetnt_jax.quant.program import Op, Program
 HAT_J6E_REFERENCE = dict(batch=30, latency_ms=11.30, fps=144.7, source="HAT DenseTNT (J6E, batch 30)")
 # integer ops per output element beyond the MACs (requant ~2, exp/recip tables, row sums, ...): assumptions
 ELEMENT_OPS = {"quantize": 3, "dense": 2, "matmul": 2, "layernorm": 12, "softmax": 10, "add": 4, "mask_add": 4,
-               "concat": 2, "relu": 1, "masked_fill": 1, "top_k": 8}
+               "concat": 2, "relu": 1, "masked_fill": 1, "top_k": 8, "dense_grid": 4,
+               "dense_grid_mask": 4}  # dense_grid_mask: per output point and per seed it is checked against
 
 
 @dataclasses.dataclass
@@ -86,6 +87,8 @@ def layer_perf(program: Program, spec: TargetSpec, batch: int) -> list[LayerPerf
     work = n_out
     if o.kind in ("masked_max", "top_k", "softmax", "layernorm"):
       work = _elements(tensors[o.inputs[0]][0], batch)      # reductions read every input element
+    elif o.kind == "dense_grid_mask":
+      work = n_out * tensors[o.inputs[0]][0][-2]             # every point against every seed
     elem = work * ELEMENT_OPS.get(o.kind, 0 if o.kind in ("index", "reshape") else 1)
     int16 = any(tensors[i][1] > 8 for i in o.inputs) and macs > 0
     where = "host" if o.kind in spec.host_ops else "view" if is_view(o, tensors) else "chip"

@@ -7,8 +7,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from densetnt_jax.model.postprocess import Prediction, finish_prediction
+from densetnt_jax.model.postprocess import PostprocessSettings, Prediction, finish_prediction
 from densetnt_jax.model import primitives as P
+from densetnt_jax.quant.qtensor import call_tag
 from densetnt_jax.model.vectornet import Attention, Encoding, Vectornet
 
 # Variance scale of the (x, y) -> hidden layers' init: std = 0.07 per weight, so a point 10-15 m away gives
@@ -18,9 +19,22 @@ GOAL_INIT_SCALE = 0.01
 
 class TrainOutputs(NamedTuple):
   """Teacher-forced outputs (`model.apply(v, inputs, train=True)`)."""
-  goal_logprobs_BxG: jax.Array            # masked log-softmax over the candidates
+  goal_logprobs_BxG: jax.Array            # masked log-softmax over the sparse candidates
   traj_BxFx2: jax.Array                   # completion for the ground-truth endpoint future_Fx2[:, -1]
   offsets_BxGx2: Optional[jax.Array]      # goal offset regression (model.goal_offset), else None
+  # the dense stage (model.dense_seeds > 0), else None: log-softmax over the whole goal set U = G sparse + P
+  # dense goals, those goals (agent frame, as the model saw them) and their mask
+  set_logprobs_BxU: Optional[jax.Array] = None
+  set_goals_BxUx2: Optional[jax.Array] = None
+  set_mask_BxU: Optional[jax.Array] = None
+
+
+class GoalSet(NamedTuple):
+  """The scored goal set: the sparse candidates, then (dense stage) the dense grid points."""
+  goals_BxUx2: jax.Array                  # codes-grid goals (quantized modes: QTensor)
+  mask_BxU: jax.Array
+  logits_BxU: jax.Array                   # masked logits (the ranking)
+  logprobs_BxU: jax.Array                 # log-softmax over U
 
 
 class Densetnt(nn.Module):
@@ -35,7 +49,14 @@ class Densetnt(nn.Module):
   Completion (HAT's target graph): `target_graph_depth` MLP layers on a goal, attention over the trajectory
   polylines (the first `num_traj` rows) with a residual add, concat with the agent context, an MLP and a
   linear layer to pred_steps x 2 (agent frame, metres). As in HAT it reads the encoder through
-  stop_gradient: only the goal loss shapes the encoder."""
+  stop_gradient: only the goal loss shapes the encoder.
+
+  Dense goals (DenseTNT's second stage, `dense_seeds` M > 0): around each of the top M sparse goals a lattice
+  grid (`dense_spacing` metres, half-width `dense_radius` steps: 5 x 5 at DenseTNT's 1 m / 2 m), de-duplicated
+  on the lattice; the first `dense_points` P unique points (those of the best seeds first) are scored by the
+  same goal scorer (shared weights and quantization points; its ops named `...@dense` in the program), and
+  the goal set is the sparse candidates and the dense points under one log-softmax, as DenseTNT's
+  cat(dense, sparse). The trajectories are completed for the top_k goals of that set."""
   in_channels: int = 128
   hidden_size: int = 128
   num_traj: int = 32
@@ -44,6 +65,10 @@ class Densetnt(nn.Module):
   top_k: int = 150
   num_heads: int = 1
   goal_offset: bool = False
+  dense_seeds: int = 0
+  dense_points: int = 512
+  dense_radius: int = 2
+  dense_spacing: float = 1.0
 
   def setup(self):
     h = self.hidden_size
@@ -69,15 +94,22 @@ class Densetnt(nn.Module):
     self.traj_concat = P.Concat()
     self.traj_hidden = P.MLP(h)
     self.traj_out = P.Dense(self.pred_steps * 2)
+    if self.dense_seeds:
+      if self.goal_offset:
+        raise ValueError("model.goal_offset and the dense goal stage (model.dense_seeds > 0) do not combine: "
+                         "the dense grid replaces the offset head")
+      self.dense_grid = P.DenseGrid(self.dense_spacing, self.dense_radius)
+      self.dense_grid_mask = P.DenseGridMask(self.dense_spacing, self.dense_radius)
+      self.set_log_softmax = P.LogSoftmax()
 
   def mask_goals(self, goals_BxGx2: jax.Array, goal_mask_BxG: jax.Array):
     """Padded candidates zeroed (garbage and NaN never leave); in the quantized modes, the goals' input
     quantization point (the top-k goals are gathered from its codes)."""
     return self.goal_input_mask(goals_BxGx2, P.index(goal_mask_BxG, np.s_[..., None]))
 
-  def score_goals(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array):
-    """(masked logits BxG, log-probs BxG, offsets BxGx2 or None) of goals from `mask_goals`. The logits rank
-    the candidates (log-softmax keeps their order); in the quantized modes they are the last integer scores."""
+  def goal_logits(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array):
+    """(masked logits BxG, offsets BxGx2 or None) of goals from `mask_goals` (or dense goals on its grid).
+    The logits rank the candidates; in the quantized modes they are the last integer scores."""
     if enc.agent_BxH.shape[-1] != self.in_channels:
       raise ValueError(f"Densetnt: encoder features have {enc.agent_BxH.shape[-1]} channels, "
                        f"in_channels is {self.in_channels}")
@@ -88,7 +120,42 @@ class Densetnt(nn.Module):
     hid = self.goal_head(self.goal_residual(f, att))
     logits_BxG = self.goal_mask_add(P.index(self.goal_score(hid), np.s_[..., 0]), goal_mask_BxG)
     offsets = self.offset_head(hid) if self.goal_offset else None
+    return logits_BxG, offsets
+
+  def score_goals(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array):
+    """(masked logits BxG, log-probs BxG, offsets BxGx2 or None) of the sparse candidates."""
+    logits_BxG, offsets = self.goal_logits(enc, goals_BxGx2, goal_mask_BxG)
     return logits_BxG, self.goal_log_softmax(logits_BxG), offsets
+
+  def dense_goals(self, goals_BxGx2, logits_BxG, goal_mask_BxG):
+    """(dense goals BxPx2 on the sparse goals' grid, their mask BxP): the lattice grid around the top M sparse
+    goals, de-duplicated, the first P unique points kept in seed order (best seed first)."""
+    m = min(self.dense_seeds, logits_BxG.shape[-1])
+    seed_idx_BxM = P.masked_top_k(logits_BxG, goal_mask_BxG, m)
+    seeds_BxMx2 = P.take_along_axis(goals_BxGx2, P.index(seed_idx_BxM, np.s_[..., None]), axis=-2)
+    seed_valid_BxM = P.take_along_axis(goal_mask_BxG, seed_idx_BxM, axis=-1)
+    seed_logits_BxM = P.take_along_axis(logits_BxG, seed_idx_BxM, axis=-1)
+    grid_BxQx2 = self.dense_grid(seeds_BxMx2)                    # Q = M * D
+    grid_mask_BxQ = self.dense_grid_mask(seeds_BxMx2, seed_valid_BxM)
+    d = (2 * self.dense_radius + 1)**2
+    b = logits_BxG.shape[0]
+    rank_BxQ = P.reshape(P.broadcast_to(P.index(seed_logits_BxM, np.s_[..., None]), (b, m, d)), (b, m * d))
+    keep_BxP = P.masked_top_k(rank_BxQ, grid_mask_BxQ, min(self.dense_points, m * d))
+    dense_BxPx2 = P.take_along_axis(grid_BxQx2, P.index(keep_BxP, np.s_[..., None]), axis=-2)
+    return dense_BxPx2, P.take_along_axis(grid_mask_BxQ, keep_BxP, axis=-1)
+
+  def goal_set(self, enc: Encoding, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG) -> GoalSet:
+    """The scored goal set: the sparse candidates alone, or with the dense stage their union with the dense
+    points under one log-softmax."""
+    if not self.dense_seeds:
+      return GoalSet(goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG)
+    dense_BxPx2, dense_mask_BxP = self.dense_goals(goals_BxGx2, logits_BxG, goal_mask_BxG)
+    with call_tag("dense"):
+      dense_logits_BxP, _ = self.goal_logits(enc, dense_BxPx2, dense_mask_BxP)
+    logits_BxU = P.join([logits_BxG, dense_logits_BxP], axis=-1)
+    return GoalSet(P.join([goals_BxGx2, dense_BxPx2], axis=-2),
+                   P.concatenate([goal_mask_BxG, dense_mask_BxP], axis=-1), logits_BxU,
+                   self.set_log_softmax(logits_BxU))
 
   def add_offsets(self, goals_BxNx2, offsets_BxNx2):
     return self.offset_add(goals_BxNx2, offsets_BxNx2)
@@ -114,8 +181,7 @@ class DenseTNT(nn.Module):
   (densetnt_jax.quant) the same calls run the fake-quant model; predict is what `quant.convert` records."""
   encoder: Vectornet
   decoder: Densetnt
-  threshold: float = 2.0
-  mode_num: int = 6
+  postprocess: PostprocessSettings = PostprocessSettings()
 
   def _encode(self, inputs: dict) -> Encoding:
     t = inputs["trajs_TxVxC"].shape[-3]
@@ -131,29 +197,36 @@ class DenseTNT(nn.Module):
       raise KeyError("DenseTNT(train=True) teacher-forces the completion with inputs['future_Fx2'][:, -1]; "
                      "pass the labels, or use method='predict'")
     enc = self._encode(inputs)
-    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], inputs["goal_mask_G"])
-    _, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, inputs["goal_mask_G"])
+    mask_BxG = inputs["goal_mask_G"]
+    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], mask_BxG)
+    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, mask_BxG)
     gt_goal_Bx1x2 = P.quantize_as(inputs["future_Fx2"][..., -1:, :], goals_BxGx2)   # on the goals' grid
     traj_BxFx2 = P.index(self.decoder.complete(enc, gt_goal_Bx1x2), np.s_[..., 0, :, :])
-    return TrainOutputs(P.value(logp_BxG), P.value(traj_BxFx2), None if offsets is None else P.value(offsets))
+    out = TrainOutputs(P.value(logp_BxG), P.value(traj_BxFx2), None if offsets is None else P.value(offsets))
+    if not self.decoder.dense_seeds:
+      return out
+    gs = self.decoder.goal_set(enc, goals_BxGx2, mask_BxG, logits_BxG, logp_BxG)
+    return out._replace(set_logprobs_BxU=P.value(gs.logprobs_BxU), set_goals_BxUx2=P.value(gs.goals_BxUx2),
+                        set_mask_BxU=P.value(gs.mask_BxU))
 
   def predict(self, inputs: dict) -> Prediction:
     enc = self._encode(inputs)
     goal_mask_BxG = inputs["goal_mask_G"]
     goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], goal_mask_BxG)
     logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG)
-    k = min(self.decoder.top_k, logits_BxG.shape[-1])
-    idx_BxN = P.masked_top_k(logits_BxG, goal_mask_BxG, k)
+    gs = self.decoder.goal_set(enc, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG)
+    k = min(self.decoder.top_k, gs.logits_BxU.shape[-1])
+    idx_BxN = P.masked_top_k(gs.logits_BxU, gs.mask_BxU, k)
     idx_BxNx1 = P.index(idx_BxN, np.s_[..., None])
-    top_logp = P.take_along_axis(logp_BxG, idx_BxN, axis=-1)
-    top_valid = P.take_along_axis(goal_mask_BxG, idx_BxN, axis=-1)
-    top_goals = P.take_along_axis(goals_BxGx2, idx_BxNx1, axis=-2)
+    top_logp = P.take_along_axis(gs.logprobs_BxU, idx_BxN, axis=-1)
+    top_valid = P.take_along_axis(gs.mask_BxU, idx_BxN, axis=-1)
+    top_goals = P.take_along_axis(gs.goals_BxUx2, idx_BxNx1, axis=-2)
     if offsets is not None:
       top_goals = self.decoder.add_offsets(top_goals, P.take_along_axis(offsets, idx_BxNx1, axis=-2))
     top_trajs = self.decoder.complete(enc, top_goals)
     out = P.outputs(goal_logprobs_BxG=logp_BxG, topk_goals_BxNx2=top_goals, topk_logprobs_BxN=top_logp,
                     topk_valid_BxN=top_valid, topk_trajs_BxNxFx2=top_trajs)
-    return finish_prediction(**out, threshold=self.threshold, mode_num=self.mode_num)
+    return finish_prediction(**out, settings=self.postprocess)
 
 
 def build_model(config) -> DenseTNT:
@@ -168,5 +241,7 @@ def build_model(config) -> DenseTNT:
                       hidden_size=m.hidden_size, num_heads=num_heads)
   decoder = Densetnt(in_channels=m.hidden_size, hidden_size=m.hidden_size, num_traj=m.num_traj,
                      target_graph_depth=m.target_graph_depth, pred_steps=m.pred_steps, top_k=m.top_k,
-                     num_heads=num_heads, goal_offset=m.get("goal_offset", False))
-  return DenseTNT(encoder=encoder, decoder=decoder, threshold=p.threshold, mode_num=p.mode_num)
+                     num_heads=num_heads, goal_offset=m.get("goal_offset", False),
+                     dense_seeds=m.get("dense_seeds", 0), dense_points=m.get("dense_points", 512),
+                     dense_radius=m.get("dense_radius", 2), dense_spacing=m.get("dense_spacing", 1.0))
+  return DenseTNT(encoder=encoder, decoder=decoder, postprocess=PostprocessSettings.from_config(p))

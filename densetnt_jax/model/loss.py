@@ -1,4 +1,6 @@
-"""DenseTNT training loss: goal cross-entropy + SmoothL1 trajectory (+ optional goal offset SmoothL1)."""
+"""DenseTNT training loss: goal cross-entropy + SmoothL1 trajectory (+ optional goal offset SmoothL1), and with
+the dense goal stage a second cross-entropy over the whole goal set (sparse + dense), labelled with the goal
+nearest the ground-truth endpoint (DenseTNT's `goals_2D_labels`)."""
 from __future__ import annotations
 
 import jax
@@ -40,6 +42,13 @@ def densetnt_loss(outputs: TrainOutputs, batch: dict, loss_config, normalizer: j
     target_Bx2 = future_BxFx2[:, -1] - goal_Bx2
     per_scene["offset_smooth_l1"] = jnp.mean(smooth_l1(offset_Bx2 - target_Bx2), axis=-1)
     weights["offset_smooth_l1"] = loss_config.offset_weight
+
+  if outputs.set_logprobs_BxU is not None:
+    end_Bx1x2 = future_BxFx2[:, -1:, :]
+    d2_BxU = jnp.sum(jnp.square(outputs.set_goals_BxUx2 - end_Bx1x2), axis=-1)
+    label_Bx1 = jnp.argmin(jnp.where(outputs.set_mask_BxU, d2_BxU, jnp.inf), axis=-1)[:, None]
+    per_scene["set_ce"] = -jnp.take_along_axis(outputs.set_logprobs_BxU, label_Bx1, axis=1)[:, 0]
+    weights["set_ce"] = loss_config.get("set_weight", 1.0)
 
   terms = {k: jnp.sum(jnp.where(valid_B, v, 0.0)) / normalizer for k, v in per_scene.items()}
   loss = sum(weights[k] * terms[k] for k in terms)

@@ -178,6 +178,21 @@ def masked_fill(x: jax.Array, mask: jax.Array, value: float = 0.0) -> jax.Array:
   return jnp.where(mask, x, jnp.asarray(value, x.dtype))
 
 
+def grid_lattice(x: jax.Array, spacing: float) -> jax.Array:
+  """Nearest lattice index (float, ties up) of metres: floor(x * (1 / spacing) + 0.5)."""
+  return jnp.floor(x * jnp.float32(1.0 / spacing) + 0.5)
+
+
+def dense_grid(seeds_BxMx2: jax.Array, spacing: float, radius: int) -> jax.Array:
+  """(B, M*D, 2) metres: the square lattice grid of half-width `radius` around each seed (arith.dense_grid)."""
+  return A.lattice_points(grid_lattice(seeds_BxMx2, spacing), radius) * jnp.float32(spacing)
+
+
+def dense_grid_mask(seeds_BxMx2: jax.Array, seed_valid_BxM: jax.Array, spacing: float, radius: int) -> jax.Array:
+  """(B, M*D) bool: the first copy of every lattice point of a valid seed (arith.lattice_first)."""
+  return A.lattice_first(grid_lattice(seeds_BxMx2, spacing), seed_valid_BxM, radius)
+
+
 # ------------------------------------------------------------------------------------------------ glue
 # Layers reshape, index and gather through these, never jnp directly: on a QTensor they keep the scale and
 # bits, apply the same op to the calibration validity, and add a glue op to the program while recording.
@@ -231,6 +246,23 @@ def concatenate(xs: Sequence, axis: int = -1):
   if any(Q.is_q(x) for x in xs):
     raise ValueError("P.concatenate joins masks; concatenate activations with the Concat module")
   return _glue("concatenate", lambda *vs: jnp.concatenate(vs, axis=axis), xs[0], *xs[1:], axis=axis)
+
+
+def join(xs: Sequence, axis: int = -2):
+  """Concatenation of code tensors on one scale (the sparse and the dense goals, and their logits: the same
+  quantization points), a layout op; `convert` checks that the scales agree. Masks join with `concatenate`."""
+  if not any(isinstance(x, QTensor) for x in xs):
+    return jnp.concatenate(xs, axis=axis)
+  if not all(Q.is_q(x) for x in xs):
+    raise ValueError("P.join concatenates quantized activations of one scale; masks go through P.concatenate")
+  valid = None if all(x.valid is None for x in xs) else \
+      jnp.concatenate([Q.full_valid(x) for x in xs], axis=axis)
+  out = QTensor(jnp.concatenate([x.value for x in xs], axis=axis), xs[0].scale, valid, xs[0].bits, xs[0].name)
+  rec = Q.recorder()
+  if rec is not None:
+    out.name = rec.fresh(f"{xs[0].name.split('~')[0]}~concatenate")
+    rec.add("concatenate", out.name, list(xs), out, {"axis": axis})
+  return out
 
 
 def masked_top_k(x, mask, k: int):
@@ -464,6 +496,47 @@ class MaskedFill(nn.Module):
     if self.is_mutable_collection("quant"):
       return pt.observed(xf, m)
     return pt.emit("quantize", FQ.fake_quant(xf, pt.scale, pt.bits), [x, mask])
+
+
+class DenseGrid(nn.Module):
+  """DenseTNT's dense goals: the lattice grid around each seed goal (B, M, 2) -> (B, M*D, 2), D = (2r+1)^2.
+  Keeps the seeds' scale: on codes the lattice step is `arith.grid_step(scale, spacing)` codes."""
+  spacing: float = 1.0
+  radius: int = 2
+
+  @nn.compact
+  def __call__(self, seeds_BxMx2):
+    if not Q.is_q(seeds_BxMx2):
+      return dense_grid(seeds_BxMx2, self.spacing, self.radius)
+    x = seeds_BxMx2
+    d = (2 * self.radius + 1)**2
+    if Q.calibrating(x):
+      valid = None if x.valid is None else jnp.repeat(Q.full_valid(x), d, axis=-2)
+      return Q.passed(self, dense_grid(x.value, self.spacing, self.radius), x, valid)
+    y = FQ.dense_grid(x.value, x.scale, spacing=self.spacing, radius=self.radius, bits=x.bits)
+    return Q.emit(self, "dense_grid", y, x.scale, x.bits, [x], {"spacing": float(self.spacing),
+                                                                "radius": int(self.radius)})
+
+
+class DenseGridMask(nn.Module):
+  """(B, M*D) bool of `DenseGrid`'s points: a valid seed's, not in an earlier seed's grid, and (on codes)
+  inside the code range."""
+  spacing: float = 1.0
+  radius: int = 2
+
+  @nn.compact
+  def __call__(self, seeds_BxMx2, seed_valid_BxM):
+    x, valid = seeds_BxMx2, Q.raw(seed_valid_BxM)
+    if not Q.is_q(x) or Q.calibrating(x):
+      return dense_grid_mask(Q.raw(x), valid, self.spacing, self.radius)
+    y = FQ.dense_grid_mask(x.value, valid, x.scale, spacing=self.spacing, radius=self.radius, bits=x.bits)
+    rec = Q.recorder()
+    if rec is None:
+      return y
+    out = QTensor(y, None, None, 0, Q.path(self))
+    rec.add("dense_grid_mask", out.name, [x, seed_valid_BxM], out, {"spacing": float(self.spacing),
+                                                                     "radius": int(self.radius)})
+    return out
 
 
 class MLP(nn.Module):

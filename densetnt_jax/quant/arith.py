@@ -568,3 +568,72 @@ def concat(xs_q: Sequence[jax.Array], rqs: Sequence[Requant], out_bits: int = 8,
   """Requantize every input to the common output scale, then concatenate."""
   hints = hints or [NO_HINT] * len(rqs)
   return jnp.concatenate([requantize(x, rq, out_bits, hint=h) for x, rq, h in zip(xs_q, rqs, hints)], axis=axis)
+
+
+# ------------------------------------------------------------------------------------- dense goal grid
+# DenseTNT's dense goal stage lays a square grid (1 m spacing, +-2 m: 5 x 5 points) around each of the top
+# sparse goals. Grid points sit on one global lattice (point = (round(seed / spacing) + offset) * spacing), so
+# two seeds' grids overlap in exactly equal points and de-duplication is an integer comparison. On codes the
+# lattice step is `grid_step(scale, spacing)` codes: the float model's and the integer program's lattices are
+# the same up to that rounding (<= half a code per metre: 0.01% at int16). The lattice helpers below take
+# float or integer lattice coordinates alike, so the float form, the kernel and its fake-quant twin share them.
+def grid_offsets(radius: int) -> np.ndarray:
+  """(D, 2) int32 lattice offsets of a square grid of half-width `radius`, row-major over (dx, dy)."""
+  r = np.arange(-radius, radius + 1, dtype=np.int32)
+  return np.stack(np.meshgrid(r, r, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def grid_step(scale, spacing: float) -> jax.Array:
+  """int32 codes per lattice step: max(1, round_half_up(spacing / scale)), the same bits everywhere."""
+  step = round_half_up(fmul(np.float32(spacing), reciprocal(scale)))
+  return jnp.maximum(step, 1.0).astype(jnp.int32)
+
+
+def grid_lattice(x_q: jax.Array, step) -> jax.Array:
+  """Nearest lattice index of int32 codes, ties up: floor((x + step // 2) / step) (exact in int32)."""
+  return jnp.floor_divide(x_q + step // 2, step)
+
+
+def lattice_points(lattice_BxMx2: jax.Array, radius: int) -> jax.Array:
+  """(B, M*D, 2) lattice coordinates of the grid points around each seed, seed-major."""
+  off = jnp.asarray(grid_offsets(radius), lattice_BxMx2.dtype)
+  pts = lattice_BxMx2[..., :, None, :] + off
+  return pts.reshape(pts.shape[:-3] + (-1, 2))
+
+
+def lattice_first(lattice_BxMx2: jax.Array, seed_valid_BxM: jax.Array, radius: int) -> jax.Array:
+  """(B, M*D) bool: the grid point belongs to a valid seed and to no earlier valid seed's grid (the first copy
+  of every lattice point is kept). Point L_m + (dx, dy) lies in seed m''s grid iff |L_m - L_m' + dx| <= R and
+  |L_m - L_m' + dy| <= R: two (B, M, M', 2R+1) tables, and'ed per (dx, dy) (B x M^2 x D, not x 2D ints)."""
+  m, w = lattice_BxMx2.shape[-2], 2 * radius + 1
+  r = jnp.arange(-radius, radius + 1, dtype=lattice_BxMx2.dtype)
+  d = lattice_BxMx2[..., :, None, :] - lattice_BxMx2[..., None, :, :]              # (B, M, M', 2)
+  near = jnp.abs(d[..., None, :] + r[:, None]) <= radius                           # (B, M, M', W, 2)
+  covered = near[..., :, None, 0] & near[..., None, :, 1]                          # (B, M, M', W(dx), W(dy))
+  earlier = jnp.asarray(np.tri(m, m, -1, dtype=bool)) & seed_valid_BxM[..., None, :]   # m' < m, valid
+  dup = jnp.any(covered & earlier[..., None, None], axis=-3)                      # (B, M, W, W)
+  keep = seed_valid_BxM[..., None] & ~dup.reshape(dup.shape[:-2] + (w * w,))
+  return keep.reshape(keep.shape[:-2] + (-1,))
+
+
+def dense_grid(x_q: jax.Array, step, radius: int, bits: int) -> jax.Array:
+  """(B, M*D, 2) codes of the grid around each seed code (B, M, 2), saturated to the code range."""
+  qmin, qmax = qrange(bits)
+  return jnp.clip(lattice_points(grid_lattice(x_q, step), radius) * step, qmin, qmax)
+
+
+def dense_grid_mask(x_q: jax.Array, seed_valid: jax.Array, step, radius: int, bits: int) -> jax.Array:
+  """(B, M*D) bool: first copy of each grid point of a valid seed, and inside the code range (a saturated point
+  would sit off its lattice point)."""
+  qmin, qmax = qrange(bits)
+  lat = grid_lattice(x_q, step)
+  pts = lattice_points(lat, radius) * step
+  inside = jnp.all((pts >= qmin) & (pts <= qmax), axis=-1)
+  return lattice_first(lat, seed_valid, radius) & inside
+
+
+def grid_acc_bound(step: int, radius: int, bits: int) -> int:
+  """Largest |int32 intermediate| of the grid kernels: the lattice point (L + R) * step for |x| <= 2^(b-1),
+  the seed differences (2 L_max + R) and x + step // 2."""
+  lmax = (2**(bits - 1) + step // 2) // step + 1
+  return max((lmax + radius) * step, 2**(bits - 1) + step)

@@ -127,6 +127,18 @@ def masked_fill(x: jax.Array, mask: jax.Array, scale, *, bits: int = 8) -> jax.A
   return _ste(value, ref, (x, mask, scale))
 
 
+def dense_grid(x: jax.Array, scale, *, spacing: float, radius: int, bits: int = 16) -> jax.Array:
+  """arith.dense_grid on the seeds' codes, dequantized (same scale). No gradient: goals are data."""
+  q = A.quantize(sg(x), scale, bits)
+  return sg(_deq(A.dense_grid(q, A.grid_step(scale, spacing), radius, bits), scale))
+
+
+def dense_grid_mask(x: jax.Array, seed_valid: jax.Array, scale, *, spacing: float, radius: int,
+                    bits: int = 16) -> jax.Array:
+  """arith.dense_grid_mask on the seeds' codes."""
+  return A.dense_grid_mask(A.quantize(sg(x), scale, bits), seed_valid, A.grid_step(scale, spacing), radius, bits)
+
+
 def lut(fn: Callable, x: jax.Array, x_scale, y_scale, *, x_bits: int = 8, y_bits: int = 8) -> jax.Array:
   """Elementwise fn by table: int8 input -> 256 entries, int16 input -> 8 x 64 interpolated (fn: jnp-traceable)."""
   def value(x, xs, ys):

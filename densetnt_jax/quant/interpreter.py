@@ -10,12 +10,13 @@ One jit per (program structure, return_codes, input shapes); constants are argum
 """
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from densetnt_jax.model.postprocess import finish_prediction
+from densetnt_jax.model.postprocess import PostprocessSettings, finish_prediction
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant.program import GLUE, Op, Program
 
@@ -65,6 +66,10 @@ def _kernel(o: Op, c: dict, xs: list, hints: dict | None = None) -> jax.Array:
   if k == "concat":
     rqs = [_rq(c, f"{i}_") for i in range(len(xs))]
     return A.concat(xs, rqs, o.bits, a["axis"], [(hints or {}).get(f"{i}_", A.NO_HINT) for i in range(len(xs))])
+  if k == "dense_grid":
+    return A.dense_grid(xs[0], c["step"], a["radius"], o.bits)
+  if k == "dense_grid_mask":
+    return A.dense_grid_mask(xs[0], xs[1], c["step"], a["radius"], a["in_bits"][0])
   if k == "log_softmax":
     return jax.nn.log_softmax(A.dequantize(xs[0], c["in_scale"]), axis=-1)
   # glue: the same jnp op on codes, masks or indices
@@ -112,7 +117,7 @@ def _finish(program: Program, consts: dict, env: dict):
   for role, name in program.outputs.items():
     o = program.op(name)
     outs[role] = A.dequantize(_widen(env[name]), consts[name]["scale"]) if o.bits else env[name]
-  return finish_prediction(**outs, threshold=program.meta["threshold"], mode_num=program.meta["mode_num"])
+  return finish_prediction(**outs, settings=PostprocessSettings.from_meta(program.meta))
 
 
 def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
@@ -242,7 +247,8 @@ def _structure(program: Program) -> str:
   if s is None:
     ops = [(o.name, o.kind, o.inputs, o.shape, o.dtype, o.bits, repr(sorted(o.attrs.items())),
             sorted((k, v.shape, str(v.dtype)) for k, v in o.consts.items())) for o in program.ops]
-    s = program._cache["structure"] = repr((ops, sorted(program.outputs.items()), sorted(program.meta.items())))
+    meta = json.dumps(program.meta, sort_keys=True)
+    s = program._cache["structure"] = repr((ops, sorted(program.outputs.items()), meta))
   return s
 
 

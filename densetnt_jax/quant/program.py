@@ -190,8 +190,9 @@ def _decode_attrs(attrs: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------- convert
 def _at(tree: Any, name: str, what: str) -> Any:
+  """The params / quant state of the module that produced tensor `name` (a `call_tag` suffix dropped)."""
   node = tree
-  for k in name.split("/"):
+  for k in name.split("@", 1)[0].split("/"):
     if k not in node:
       raise KeyError(f"convert: no {what} for layer {name!r} (missing {k!r})")
     node = node[k]
@@ -226,6 +227,8 @@ def _consts(r: dict, params, s_in: list, s_out, b_in: list) -> dict:
   if kind == "mask_add":
     d = A.add_params(s_in[0], 1.0, s_out, b_in[0], 8)
     return {"mx": d.mx, "my": d.my, **_requant("", d.rq)}
+  if kind in ("dense_grid", "dense_grid_mask"):
+    return {"step": A.grid_step(s_in[0], r["attrs"]["spacing"])}
   if kind == "concat":
     out = {}
     for i, rq in enumerate(A.concat_params(s_in, s_out)):
@@ -300,8 +303,14 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
     ops.append(Op(r["name"], r["kind"], tuple(r["inputs"]), (None,) + tuple(r["shape"][1:]), r["dtype"],
                   r["bits"], scale, attrs, consts))
   prog_inputs = {f"inputs/{k}": ((None,) + tuple(v.shape[1:]), str(v.dtype)) for k, v in inputs.items()}
-  meta = {"threshold": float(model.threshold), "mode_num": int(model.mode_num), "record_batch": RECORD_BATCH}
+  post = model.postprocess
+  meta = {"threshold": float(post.threshold), "mode_num": int(post.mode_num), "postprocess": post.to_dict(),
+          "record_batch": RECORD_BATCH}
   prog = Program(prog_inputs, ops, dict(rec.outputs), meta)
+  for o in ops:                             # a code concatenation (P.join) needs one scale on every input
+    if o.kind == "concatenate" and o.bits and len({float(scales[i]) for i in o.inputs}) != 1:
+      raise ValueError(f"convert: {o.name} concatenates codes of different scales "
+                       f"{[float(scales[i]) for i in o.inputs]}: join tensors of one quantization point only")
   for name, bound in prog.accumulator_bounds().items():
     if bound >= 2**31:
       raise ValueError(f"convert: the int32 accumulator of {name} can reach {bound} >= 2^31")

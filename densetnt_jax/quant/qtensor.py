@@ -133,6 +133,7 @@ class Recorder:
 
 
 _RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("densetnt_recorder", default=None)
+_CALL_TAG: contextvars.ContextVar[str] = contextvars.ContextVar("densetnt_call_tag", default="")
 _INIT_BITS: contextvars.ContextVar[Callable[[str], int] | None] = contextvars.ContextVar("densetnt_init_bits",
                                                                                          default=None)
 
@@ -150,6 +151,25 @@ def recording():
 
 def recorder() -> Recorder | None:
   return _RECORDER.get()
+
+
+@contextlib.contextmanager
+def call_tag(tag: str):
+  """Inside: the tensors modules produce are named `<module path>@<tag>`. For a module called a second time on
+  other inputs (the goal scorer on the dense goals): its ops get names of their own in the program and their
+  codes an entry of their own in `intermediates`, while the quantization point (scale, observer, params)
+  stays the module's, shared by both calls."""
+  token = _CALL_TAG.set(tag)
+  try:
+    yield
+  finally:
+    _CALL_TAG.reset(token)
+
+
+def module_path(name: str) -> str:
+  """The module path of a module op's tensor name (drops a `call_tag` suffix): where its params and quant
+  state live."""
+  return name.split("@", 1)[0]
 
 
 def bits_by_pattern(quant_config) -> Callable[[str], int]:
@@ -184,7 +204,9 @@ def in_quant_mode(m: nn.Module) -> bool:
 
 # ----------------------------------------------------------------------------------------- points
 def path(m: nn.Module) -> str:
-  return "/".join(m.path)
+  """The name of the tensor module m produces: its path, with the current `call_tag` if any."""
+  tag = _CALL_TAG.get()
+  return "/".join(m.path) + (f"@{tag}" if tag else "")
 
 
 class Point:
@@ -197,7 +219,7 @@ class Point:
       if bits_of is None or not m.is_mutable_collection("quant"):
         raise KeyError(f"the quant state has no entry for layer {self.name!r}: build it with "
                        "densetnt_jax.quant.init_quant_state for this model (same config.model)")
-      for k, v in new_point(bits_of(self.name)).items():
+      for k, v in new_point(bits_of(module_path(self.name))).items():
         m.variable("quant", k, lambda v=v: v)
     self.bits = jnp.iinfo(m.get_variable("quant", "qmax").dtype).bits
 
@@ -227,8 +249,9 @@ def emit(m: nn.Module, kind: str, y: jax.Array, scale, bits: int, inputs: Sequen
   """Fake-quant output of module m: sow its codes (when `intermediates` is mutable) and record the op."""
   out = QTensor(y, scale, None, bits, path(m))
   if m.is_mutable_collection("intermediates"):
-    m.sow("intermediates", "codes", A.quantize(y, scale, bits), reduce_fn=lambda _, new: new,
-          init_fn=lambda: None)
+    tag = _CALL_TAG.get()
+    m.sow("intermediates", f"codes@{tag}" if tag else "codes", A.quantize(y, scale, bits),
+          reduce_fn=lambda _, new: new, init_fn=lambda: None)
   rec = recorder()
   if rec is not None:
     rec.add(kind, out.name, inputs, out, attrs, point)
@@ -248,8 +271,8 @@ def codes_by_name(intermediates: dict) -> dict[str, jax.Array]:
     for k, v in tree.items():
       if hasattr(v, "items"):
         walk(v, prefix + (k,))
-      elif k == "codes":
-        out["/".join(prefix)] = v
+      elif k == "codes" or k.startswith("codes@"):
+        out["/".join(prefix) + k[len("codes"):]] = v
 
   walk(dict(intermediates), ())
   return out
