@@ -71,6 +71,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   m.dense_points = 512
   m.dense_radius = 2
   m.dense_spacing = 1.0
+  m.lane_scoring = False                 # DenseTNT's lane scoring as an auxiliary loss (training only)
 
   c.postprocess = p = ml_collections.ConfigDict()
   p.threshold = 2.0                      # NMS radius; the miss threshold of selection="mr"
@@ -90,6 +91,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   l.traj_weight = 1.0
   l.offset_weight = 1.0
   l.set_weight = 1.0                     # dense stage: cross-entropy over the whole goal set
+  l.lane_weight = 1.0                    # lane scoring: cross-entropy over the lanes (model.lane_scoring)
 
   # --- float training (HAT seed: AdamW 1e-3, wd 0.01, cosine, 1 warm-up epoch, 30 epochs) ---
   c.train = t = ml_collections.ConfigDict()

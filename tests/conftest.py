@@ -78,3 +78,28 @@ def tiny_quant():
   quant = calibrate(model, params, q0, iter(batches), config.quant)
   program = convert(model, params, quant, batches[0], config)
   return dict(config=config, model=model, batches=batches, params=params, q0=q0, quant=quant, program=program)
+
+
+@pytest.fixture(scope="session")
+def tiny_dense():
+  """`tiny_quant` with DenseTNT's dense goal stage (4 seeds, 40 dense points), lane scoring, the goal-set
+  optimiser and the endpoint shift: the same keys."""
+  import jax
+  import numpy as np
+  from test_model import random_batch
+  from densetnt_jax.model import build_model
+  from densetnt_jax.quant import calibrate, convert, init_quant_state
+
+  config = load_config("tiny")
+  config.quant.calibration_batches = 3
+  config.model.dense_seeds, config.model.dense_points, config.model.lane_scoring = 4, 40, True
+  config.postprocess.selection, config.postprocess.endpoint = "mr", "shift"
+  model = build_model(config)
+  d = config.data
+  rng = np.random.default_rng(0)
+  batches = [random_batch(rng, 4, d.max_traj_num, d.max_lane_num, d.max_goals_num) for _ in range(3)]
+  params = model.init(jax.random.key(0), batches[0], train=True)["params"]
+  q0 = init_quant_state(model, params, batches[0], config.quant)
+  quant = calibrate(model, params, q0, iter(batches), config.quant)
+  program = convert(model, params, quant, batches[0], config)
+  return dict(config=config, model=model, batches=batches, params=params, q0=q0, quant=quant, program=program)

@@ -27,6 +27,7 @@ class TrainOutputs(NamedTuple):
   set_logprobs_BxU: Optional[jax.Array] = None
   set_goals_BxUx2: Optional[jax.Array] = None
   set_mask_BxU: Optional[jax.Array] = None
+  lane_logprobs_BxL: Optional[jax.Array] = None   # lane scoring (model.lane_scoring), else None
 
 
 class GoalSet(NamedTuple):
@@ -69,6 +70,7 @@ class Densetnt(nn.Module):
   dense_points: int = 512
   dense_radius: int = 2
   dense_spacing: float = 1.0
+  lane_scoring: bool = False
 
   def setup(self):
     h = self.hidden_size
@@ -101,6 +103,10 @@ class Densetnt(nn.Module):
       self.dense_grid = P.DenseGrid(self.dense_spacing, self.dense_radius)
       self.dense_grid_mask = P.DenseGridMask(self.dense_spacing, self.dense_radius)
       self.set_log_softmax = P.LogSoftmax()
+    if self.lane_scoring:
+      self.lane_hidden = P.Dense(h)
+      self.lane_context = P.Dense(h, use_bias=False)
+      self.lane_out = P.Dense(1)
 
   def mask_goals(self, goals_BxGx2: jax.Array, goal_mask_BxG: jax.Array):
     """Padded candidates zeroed (garbage and NaN never leave); in the quantized modes, the goals' input
@@ -157,6 +163,16 @@ class Densetnt(nn.Module):
                    P.concatenate([goal_mask_BxG, dense_mask_BxP], axis=-1), logits_BxU,
                    self.set_log_softmax(logits_BxU))
 
+  def score_lanes(self, enc: Encoding) -> jax.Array:
+    """(B, L) masked log-softmax over the lane polylines (DenseTNT's lane scoring, an auxiliary loss that
+    teaches the encoder which lane the agent ends on). Training only, in float on the encoder's values: the
+    deployed program does not contain it."""
+    poly = P.value(enc.polylines_BxNxH)[..., self.num_traj:, :]
+    mask = P.value(enc.polyline_mask_BxN)[..., self.num_traj:]
+    ctx = self.lane_context(P.value(enc.agent_BxH))[..., None, :]
+    hid = P.relu(P.add(self.lane_hidden(poly), ctx))
+    return P.log_softmax(P.mask_add(self.lane_out(hid)[..., 0], mask))
+
   def add_offsets(self, goals_BxNx2, offsets_BxNx2):
     return self.offset_add(goals_BxNx2, offsets_BxNx2)
 
@@ -203,6 +219,8 @@ class DenseTNT(nn.Module):
     gt_goal_Bx1x2 = P.quantize_as(inputs["future_Fx2"][..., -1:, :], goals_BxGx2)   # on the goals' grid
     traj_BxFx2 = P.index(self.decoder.complete(enc, gt_goal_Bx1x2), np.s_[..., 0, :, :])
     out = TrainOutputs(P.value(logp_BxG), P.value(traj_BxFx2), None if offsets is None else P.value(offsets))
+    if self.decoder.lane_scoring:
+      out = out._replace(lane_logprobs_BxL=self.decoder.score_lanes(enc))
     if not self.decoder.dense_seeds:
       return out
     gs = self.decoder.goal_set(enc, goals_BxGx2, mask_BxG, logits_BxG, logp_BxG)
@@ -243,5 +261,6 @@ def build_model(config) -> DenseTNT:
                      target_graph_depth=m.target_graph_depth, pred_steps=m.pred_steps, top_k=m.top_k,
                      num_heads=num_heads, goal_offset=m.get("goal_offset", False),
                      dense_seeds=m.get("dense_seeds", 0), dense_points=m.get("dense_points", 512),
-                     dense_radius=m.get("dense_radius", 2), dense_spacing=m.get("dense_spacing", 1.0))
+                     dense_radius=m.get("dense_radius", 2), dense_spacing=m.get("dense_spacing", 1.0),
+                     lane_scoring=m.get("lane_scoring", False))
   return DenseTNT(encoder=encoder, decoder=decoder, postprocess=PostprocessSettings.from_config(p))

@@ -1,6 +1,7 @@
 """DenseTNT training loss: goal cross-entropy + SmoothL1 trajectory (+ optional goal offset SmoothL1), and with
 the dense goal stage a second cross-entropy over the whole goal set (sparse + dense), labelled with the goal
-nearest the ground-truth endpoint (DenseTNT's `goals_2D_labels`)."""
+nearest the ground-truth endpoint (DenseTNT's `goals_2D_labels`); with lane scoring a cross-entropy over the
+lanes, labelled with the lane nearest that endpoint (DenseTNT's `stage_one_label`)."""
 from __future__ import annotations
 
 import jax
@@ -20,6 +21,18 @@ def valid_scenes(batch: dict) -> jax.Array:
   idx_B = batch["goal_index"]
   in_mask = jnp.take_along_axis(batch["goal_mask_G"], jnp.maximum(idx_B, 0)[:, None], axis=1)[:, 0]
   return batch["has_future"].astype(bool) & (idx_B >= 0) & in_mask
+
+
+def nearest_lane(batch: dict, point_Bx2: jax.Array) -> jax.Array:
+  """(B,) index of the lane polyline whose centerline passes nearest the point (segment distance)."""
+  lanes = batch["lanes_LxVxC"]
+  a, b = lanes[..., 0:2], lanes[..., 2:4]                                  # (B, L, V, 2) vector start, end
+  p = point_Bx2[:, None, None, :]
+  ab = b - a
+  t = jnp.clip(jnp.sum((p - a) * ab, -1) / jnp.maximum(jnp.sum(ab * ab, -1), 1e-9), 0.0, 1.0)
+  d2 = jnp.sum(jnp.square(a + t[..., None] * ab - p), axis=-1)             # (B, L, V)
+  d2 = jnp.min(jnp.where(batch["lane_vector_mask_LxV"], d2, jnp.inf), axis=-1)
+  return jnp.argmin(jnp.where(batch["lane_mask_L"], d2, jnp.inf), axis=-1)
 
 
 def densetnt_loss(outputs: TrainOutputs, batch: dict, loss_config, normalizer: jax.Array | float | None = None
@@ -49,6 +62,11 @@ def densetnt_loss(outputs: TrainOutputs, batch: dict, loss_config, normalizer: j
     label_Bx1 = jnp.argmin(jnp.where(outputs.set_mask_BxU, d2_BxU, jnp.inf), axis=-1)[:, None]
     per_scene["set_ce"] = -jnp.take_along_axis(outputs.set_logprobs_BxU, label_Bx1, axis=1)[:, 0]
     weights["set_ce"] = loss_config.get("set_weight", 1.0)
+
+  if outputs.lane_logprobs_BxL is not None:
+    label_Bx1 = nearest_lane(batch, future_BxFx2[:, -1])[:, None]
+    per_scene["lane_ce"] = -jnp.take_along_axis(outputs.lane_logprobs_BxL, label_Bx1, axis=1)[:, 0]
+    weights["lane_ce"] = loss_config.get("lane_weight", 1.0)
 
   terms = {k: jnp.sum(jnp.where(valid_B, v, 0.0)) / normalizer for k, v in per_scene.items()}
   loss = sum(weights[k] * terms[k] for k in terms)

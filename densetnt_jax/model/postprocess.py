@@ -214,6 +214,11 @@ def optimize_select(goals_BxNx2, logprobs_BxN, valid_BxN, *, settings: Postproce
   Probabilities: the renormalised top-k mass nearest to each chosen goal. Scenes with fewer valid goals than
   modes keep every valid goal; the missing modes copy mode 0 with probability 0 (`kept` False)."""
   k = settings.mode_num
+  n = goals_BxNx2.shape[1]
+  if n < k:                              # fewer top-k goals than modes: pad with invalid ones (dropped below)
+    pad = ((0, 0), (0, k - n))
+    goals_BxNx2 = jnp.pad(goals_BxNx2, pad + ((0, 0),))
+    logprobs_BxN, valid_BxN = jnp.pad(logprobs_BxN, pad), jnp.pad(valid_BxN, pad)
   z_BxN = (logprobs_BxN - jnp.max(logprobs_BxN, axis=-1, keepdims=True)) / jnp.float32(settings.opt_temperature)
   p_BxN = jnp.where(valid_BxN, jnp.exp(z_BxN), 0.0)
   p_BxN = p_BxN / jnp.maximum(jnp.sum(p_BxN, axis=-1, keepdims=True), 1e-30)
@@ -242,6 +247,7 @@ def optimize_select(goals_BxNx2, logprobs_BxN, valid_BxN, *, settings: Postproce
 def end_on_goal(trajs_BxKxFx2: jax.Array, goals_BxKx2: jax.Array, endpoint: str) -> jax.Array:
   """Trajectories made to end at their goals ("snap": the last point replaced, as DenseTNT; "shift": the
   endpoint error removed linearly in time, t / F of it at step t, so the path stays smooth)."""
+  trajs_BxKxFx2 = jnp.asarray(trajs_BxKxFx2)
   if endpoint == "snap":
     return trajs_BxKxFx2.at[..., -1, :].set(goals_BxKx2)
   if endpoint == "shift":
