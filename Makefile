@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Real Argoverse 1.1 sample used by tests (never copied into the project).
 export ARGOVERSE1_SHARED ?= $(abspath ../shared/data/argoverse1)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo real test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) bin/demo.py
+
+# Real traffic (README "Real traffic"): extracts ../shared/data/argoverse1_more once into data/, packs, runs the
+# four stages and the deployment checks on real data.
+real: $(STAMP)
+	$(PY) bin/real.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
