@@ -59,7 +59,8 @@ def config():
 def tiny_quant():
   """A calibrated tiny model and its integer program, shared by the quantization and deployment tests:
   {config, model, batches (3 random-but-valid scenes batches of 4), params (random init), q0 (initial quant
-  state), quant (calibrated on the batches, the config's int16 globs), program (convert at those)}."""
+  state), quant (calibrated on the batches, the config's int16 globs), program (convert at those)}. HAT's
+  decoder (sparse goals, NMS); `tiny_dense` has DenseTNT's dense stage and goal-set selection."""
   import jax
   import numpy as np
   from test_model import random_batch
@@ -69,6 +70,8 @@ def tiny_quant():
   config = load_config("tiny")
   config.quant.calibration_batches = 3
   config.model.depth, config.model.goal_offset = 1, False
+  config.model.dense_seeds, config.model.lane_scoring = 0, False
+  config.postprocess.selection, config.postprocess.endpoint = "nms", "model"
   model = build_model(config)
   d = config.data
   rng = np.random.default_rng(0)

@@ -175,7 +175,7 @@ def test_unlabelled_scenes_contribute_nothing(tiny):
   sub = {k: v[keep] for k, v in b.items()}
   loss_sub, terms_sub = densetnt_loss(sub_out, sub, config.loss)
   np.testing.assert_allclose(loss, loss_sub, rtol=1e-6)
-  assert set(terms) == {"goal_ce", "traj_smooth_l1"}
+  assert set(terms) == {"goal_ce", "traj_smooth_l1", "set_ce", "lane_ce"}   # the tiny config's dense + lanes
   b["has_future"][:] = False
   loss0, _ = densetnt_loss(out, b, config.loss)
   assert float(loss0) == 0.0
@@ -184,8 +184,12 @@ def test_unlabelled_scenes_contribute_nothing(tiny):
 def test_goal_offset_head():
   config = load_config("tiny")
   config.model.goal_offset = True
-  model = build_model(config)
   batch = random_batch(np.random.default_rng(2), 2, 8, 16, 256)
+  with pytest.raises(ValueError, match="goal_offset and the dense goal stage"):
+    build_model(config).init(jax.random.key(0), batch, train=True)
+  config.model.dense_seeds, config.model.lane_scoring = 0, False      # the offset head is the sparse decoder's
+  config.postprocess.selection = "nms"                                # mode 0 = the best goal
+  model = build_model(config)
   params = model.init(jax.random.key(0), batch, train=True)["params"]
   out = model.apply({"params": params}, batch, train=True)
   assert out.offsets_BxGx2.shape == (2, 256, 2)

@@ -382,9 +382,10 @@ def complete_int(program: Program):
 
 
 def finish(outputs: dict, settings):
-  """Host epilogue: the model's NMS / mode selection on the five ONNX outputs (a Prediction)."""
-  from densetnt_jax.model.postprocess import finish_prediction
-  return finish_prediction(**{r: outputs[r] for r in OUTPUT_ROLES}, settings=settings)
+  """Host epilogue: the model's mode selection on the five ONNX outputs (a Prediction), with the interpreter's
+  own jitted kernel (`run_program` runs the same one on its outputs: the same bits)."""
+  from densetnt_jax.quant.interpreter import finish_kernel
+  return finish_kernel(settings)({r: outputs[r] for r in OUTPUT_ROLES})
 
 
 # ------------------------------------------------------------------------------------------ references

@@ -235,7 +235,9 @@ def optimize_select(goals_BxNx2, logprobs_BxN, valid_BxN, *, settings: Postproce
   nearest_BxN = jnp.argmin(jnp.where(kept_BxK[:, None, :], d_BxNxK, jnp.inf), axis=-1)
   probs_BxK = jnp.sum(jax.nn.one_hot(nearest_BxN, k) * p_BxN[..., None], axis=1)
   probs_BxK = jnp.where(kept_BxK, probs_BxK, 0.0)
-  probs_BxK = probs_BxK / jnp.maximum(jnp.sum(probs_BxK, axis=-1, keepdims=True), 1e-30)
+  total_Bx1 = jnp.sum(probs_BxK, axis=-1, keepdims=True)
+  mode0_K = jnp.arange(k) == 0                       # no valid goal at all: mode 0 carries the probability
+  probs_BxK = jnp.where(total_Bx1 > 0, probs_BxK / jnp.where(total_Bx1 > 0, total_Bx1, 1.0), mode0_K)
   # most probable first (stable: ties keep the optimiser's order); padded modes last, copying mode 0
   order_BxK = jnp.argsort(-jnp.where(kept_BxK, probs_BxK, -1.0), axis=-1, stable=True)
   index_BxK, kept_BxK, probs_BxK = (jnp.take_along_axis(a, order_BxK, axis=1)

@@ -111,24 +111,33 @@ def _step(o: Op, c: dict, xs: list, hints: dict | None) -> jax.Array:
   return _narrow(_kernel(o, c, xs, hints), o.bits)
 
 
-def _finish(program: Program, consts: dict, env: dict):
-  """Dequantize the program outputs, then the float epilogue (NMS, mode probabilities)."""
+def _outputs(program: Program, consts: dict, env: dict) -> dict:
+  """{role: array} of the program outputs, codes dequantized: what the accelerator part hands the host."""
   outs = {}
   for role, name in program.outputs.items():
     o = program.op(name)
     outs[role] = A.dequantize(_widen(env[name]), consts[name]["scale"]) if o.bits else env[name]
-  return finish_prediction(**outs, settings=PostprocessSettings.from_meta(program.meta))
+  return outs
+
+
+def finish_kernel(settings: PostprocessSettings):
+  """The host epilogue (`finish_prediction`: mode selection, probabilities, endpoints) as one jitted kernel on
+  the program's dequantized outputs. Every runner of a program calls this same kernel on materialized outputs
+  (interpreter, artifact runner, ONNX + host part), so their predictions agree bit for bit: fused into the
+  dequantization, XLA contracts a multiply and an add into one FMA and moved results by an ulp."""
+  key = ("finish", settings)
+  fn = _SEGMENT_KERNELS.get(key)
+  if fn is None:
+    fn = _SEGMENT_KERNELS[key] = jax.jit(lambda outs: finish_prediction(**outs, settings=settings))
+  return fn
 
 
 def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
-  """The whole program as one trace (mode="fused")."""
+  """The whole program as one trace (mode="fused"): ({role: dequantized output}, codes or None)."""
   env = dict(inputs)
   for o in program.ops:
     env[o.name] = _step(o, consts.get(o.name, {}), [env[i] for i in o.inputs], hints.get(o.name))
-  pred = _finish(program, consts, env)
-  if not return_codes:
-    return pred
-  return pred, {n: _widen(env[n]) for n in program.code_ops()}
+  return _outputs(program, consts, env), ({n: _widen(env[n]) for n in program.code_ops()} if return_codes else None)
 
 
 # mode="ops" starts a new segment at every op that reduces rows of its input: there XLA would otherwise fuse
@@ -204,23 +213,23 @@ def _op_kernel(o: Op, hints: dict | None):
 
 
 def _execute_ops(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
-  """Segment by segment (mode="ops"), each one jitted kernel. In one trace (mode="fused") XLA fuses each
-  requant chain into all of its consumers (a LayerNorm's four row reductions recompute the dense + add before
-  it): measured 1.5x slower at batch 32, 1.8x at batch 8."""
+  """Segment by segment (mode="ops"), each one jitted kernel: ({role: dequantized output}, codes or None). In
+  one trace (mode="fused") XLA fuses each requant chain into all of its consumers (a LayerNorm's four row
+  reductions recompute the dense + add before it): measured 1.5x slower at batch 32, 1.8x at batch 8."""
   env = dict(inputs)
   for seg in _plan(program, hints, return_codes):
     outs = seg.fn(tuple(consts.get(o.name, {}) for o in seg.ops), tuple(env[i] for i in seg.inputs))
     env.update(zip(seg.outputs, outs))
-  key = ("finish", _structure(program))
-  finish = _SEGMENT_KERNELS.get(key)
-  if finish is None:
-    finish = _SEGMENT_KERNELS[key] = jax.jit(lambda c, e: _finish(program, c, e))
-  outputs = {name: env[name] for name in program.outputs.values()}
-  pred = finish({name: consts[name] for name in outputs if name in consts}, outputs)
+  key = ("outputs", _structure(program))
+  dequantize = _SEGMENT_KERNELS.get(key)
+  if dequantize is None:
+    dequantize = _SEGMENT_KERNELS[key] = jax.jit(lambda c, e: _outputs(program, c, e))
+  names = set(program.outputs.values())
+  outputs = dequantize({n: consts[n] for n in names if n in consts}, {n: env[n] for n in names})
   if not return_codes:
-    return pred
+    return outputs, None
   widen = _SEGMENT_KERNELS.setdefault("widen", jax.jit(lambda d: {k: _widen(v) for k, v in d.items()}))
-  return pred, widen({n: env[n] for n in program.code_ops()})
+  return outputs, widen({n: env[n] for n in program.code_ops()})
 
 
 # (program structure, hints, return_codes) -> the one-jit runner (mode="fused")
@@ -279,11 +288,13 @@ def run_host_part(program: Program, handed: dict) -> dict:
   return {role: env[name] for role, name in program.outputs.items() if name in host}
 
 
-def run_program(program: Program, inputs: dict, return_codes: bool = False, mode: str = "ops"):
+def run_program(program: Program, inputs: dict, return_codes: bool = False, mode: str = "ops",
+                postprocess: PostprocessSettings | None = None):
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's
   `intermediates` names). mode "ops": one jitted kernel per op; "fused": the whole program in one jit.
-  Both give the same bits."""
+  Both give the same bits (the accelerator part, then `finish_kernel`). `postprocess`: the host epilogue's settings (mode selection, endpoints; default:
+  the program's own, `meta["postprocess"]`): they change nothing on the accelerator."""
   missing = [n for n in program.inputs if n.split("/", 1)[1] not in inputs]
   if missing:
     raise KeyError(f"run_program: inputs lack {missing}")
@@ -292,12 +303,16 @@ def run_program(program: Program, inputs: dict, return_codes: bool = False, mode
   hints = _hints(program)
   consts = {o.name: {k: _on_device(program, v) for k, v in o.consts.items()} for o in program.ops if o.consts}
   x = {n: jnp.asarray(inputs[n.split("/", 1)[1]]) for n in program.inputs}
+  settings = postprocess or PostprocessSettings.from_meta(program.meta)
   if mode == "ops":
-    return _execute_ops(program, hints, return_codes, consts, x)
-  key = (_structure(program), repr(sorted(hints.items())), return_codes)
-  fn = _COMPILED.get(key)
-  if fn is None:
-    while len(_COMPILED) >= 8:
-      _COMPILED.pop(next(iter(_COMPILED)))
-    fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, hints, return_codes, c, x))
-  return fn(consts, x)
+    outputs, codes = _execute_ops(program, hints, return_codes, consts, x)
+  else:
+    key = (_structure(program), repr(sorted(hints.items())), return_codes)
+    fn = _COMPILED.get(key)
+    if fn is None:
+      while len(_COMPILED) >= 8:
+        _COMPILED.pop(next(iter(_COMPILED)))
+      fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, hints, return_codes, c, x))
+    outputs, codes = fn(consts, x)
+  pred = finish_kernel(settings)(outputs)
+  return (pred, codes) if return_codes else pred

@@ -1,0 +1,93 @@
+"""The README's real-traffic ablation: today's network (HAT's sparse goals + NMS), each DenseTNT addition on its
+own, and all together, float and int, on real val (99) and val_large (499), beside constant velocity.
+
+  python benchmarks/ablation_real.py [--train] [--splits val,val_large] [--runs runs]
+
+Each trained variant is a workdir `<runs>/real_<variant>` (configs/argo.py:real with the variant's overrides);
+`--train` runs its missing stages (float, calibration, QAT, int: about 25 min per variant on 2 cores).
+Post-processing rows (endpoint, selection) reuse a variant's checkpoints and program with other
+`config.postprocess` settings: the host epilogue, nothing on the accelerator changes. The best checkpoint of
+each variant was chosen on val (99 scenes), so val_large (the 400 held-out archive scenes + those 99) is the
+cleaner yardstick for comparing rows.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# trained variants: model overrides, and the post-processing their validation (best checkpoint) used
+VARIANTS = {
+    "hat": dict(dense_seeds=0, lane_scoring=False, selection="nms", endpoint="model"),
+    "dense": dict(dense_seeds=150, lane_scoring=False, selection="fde", endpoint="shift"),
+    "lane": dict(dense_seeds=0, lane_scoring=True, selection="nms", endpoint="model"),
+    "all": dict(dense_seeds=150, lane_scoring=True, selection="fde", endpoint="shift"),
+}
+# table rows: (name, variant, selection, endpoint)
+ROWS = (
+    ("today: sparse goals, NMS (HAT)", "hat", "nms", "model"),
+    ("+ endpoint shift", "hat", "nms", "shift"),
+    ("+ endpoint snap", "hat", "nms", "snap"),
+    ("+ selection mr", "hat", "mr", "model"),
+    ("+ selection fde", "hat", "fde", "model"),
+    ("+ dense goals", "dense", "nms", "model"),
+    ("+ lane scoring", "lane", "nms", "model"),
+    ("all: dense, lane, fde, shift (default)", "all", "fde", "shift"),
+    ("all, selection mr", "all", "mr", "shift"),
+)
+KEYS = ("minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6", "minADE_k1", "minFDE_k1", "MR_k1")
+
+
+def real_config(variant: str, selection: str | None = None, endpoint: str | None = None):
+  spec = importlib.util.spec_from_file_location("argo_config", ROOT / "configs" / "argo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("real")
+  v = VARIANTS[variant]
+  c.model.dense_seeds, c.model.lane_scoring = v["dense_seeds"], v["lane_scoring"]
+  c.postprocess.selection = selection or v["selection"]
+  c.postprocess.endpoint = endpoint or v["endpoint"]
+  return c
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--train", action="store_true", help="train the variants' missing stages first")
+  parser.add_argument("--splits", default="val,val_large")
+  parser.add_argument("--runs", default="runs")
+  parser.add_argument("--stages", default="float,int")
+  args = parser.parse_args()
+  from densetnt_jax.eval.evaluate import evaluate
+  from densetnt_jax.pipelines import run_stages
+  from densetnt_jax.train.checkpoint import quiet_orbax_logging
+  quiet_orbax_logging()
+  workdir = {v: os.path.join(args.runs, f"real_{v}") for v in VARIANTS}
+  if args.train:
+    for v in VARIANTS:
+      done = [s for s in ("float", "calibration", "qat", "int") if os.path.exists(os.path.join(workdir[v], s))]
+      run_stages(real_config(v), workdir[v], tuple(s for s in ("float", "calibration", "qat", "int")
+                                                    if s not in done or s == "float"))
+  results = {}
+  for split in args.splits.split(","):
+    cv = None
+    lines = [f"{split}: {'':40s}" + "".join(f"{k:>16s}" for k in KEYS)]
+    for name, variant, selection, endpoint in ROWS:
+      config = real_config(variant, selection, endpoint)
+      for stage in args.stages.split(","):
+        r = evaluate(config, workdir[variant], stage=stage, split=split, progress=False)
+        cv = r["constant_velocity"]
+        results[f"{split}/{name}/{stage}"] = r["model"]
+        lines.append(f"{name + ' [' + stage + ']':48s}" + "".join(f"{r['model'][k]:16.3f}" for k in KEYS))
+        print(lines[-1], flush=True)
+    lines.append(f"{'constant velocity':48s}" + "".join(f"{cv[k]:16.3f}" for k in KEYS))
+    print("\n".join(lines), flush=True)
+    results[f"{split}/constant_velocity"] = cv
+  with open(os.path.join(args.runs, "ablation_real.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  print(f"wrote {os.path.join(args.runs, 'ablation_real.json')}")
+
+
+if __name__ == "__main__":
+  main()
