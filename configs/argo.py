@@ -72,7 +72,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   m.dense_points = 512
   m.dense_radius = 2
   m.dense_spacing = 1.0
-  m.lane_scoring = True                  # DenseTNT's lane scoring as an auxiliary loss (training only)
+  m.lane_scoring = True                  # DenseTNT's lane scoring as an auxiliary loss (training only) ...
+  m.lane_top_k = 0                       # ... and, > 0, a second attention of every goal over the top-k lanes
 
   c.postprocess = p = ml_collections.ConfigDict()
   p.threshold = 2.0                      # NMS radius; the miss threshold of selection="mr"

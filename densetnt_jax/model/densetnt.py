@@ -30,6 +30,12 @@ class TrainOutputs(NamedTuple):
   lane_logprobs_BxL: Optional[jax.Array] = None   # lane scoring (model.lane_scoring), else None
 
 
+class TopLanes(NamedTuple):
+  """The best-scored lanes (lane scoring with `lane_top_k`): features and mask, K = lane_top_k."""
+  features_BxKxH: jax.Array
+  mask_BxK: jax.Array
+
+
 class GoalSet(NamedTuple):
   """The scored goal set: the sparse candidates, then (dense stage) the dense grid points."""
   goals_BxUx2: jax.Array                  # codes-grid goals (quantized modes: QTensor)
@@ -71,6 +77,7 @@ class Densetnt(nn.Module):
   dense_radius: int = 2
   dense_spacing: float = 1.0
   lane_scoring: bool = False
+  lane_top_k: int = 0
 
   def setup(self):
     h = self.hidden_size
@@ -103,19 +110,28 @@ class Densetnt(nn.Module):
       self.dense_grid = P.DenseGrid(self.dense_spacing, self.dense_radius)
       self.dense_grid_mask = P.DenseGridMask(self.dense_spacing, self.dense_radius)
       self.set_log_softmax = P.LogSoftmax()
+    if self.lane_top_k and not self.lane_scoring:
+      raise ValueError("model.lane_top_k > 0 attends to the top lanes by score: it needs model.lane_scoring")
     if self.lane_scoring:
       self.lane_hidden = P.Dense(h)
       self.lane_context = P.Dense(h, use_bias=False)
+      self.lane_add = P.Add()
+      self.lane_relu = P.ReLU()
       self.lane_out = P.Dense(1)
+      self.lane_mask_add = P.MaskAdd()
+    if self.lane_top_k:
+      self.goal_lane_attention = Attention(h, self.num_heads, project_queries=False)
+      self.goal_lane_residual = P.Add()
 
   def mask_goals(self, goals_BxGx2: jax.Array, goal_mask_BxG: jax.Array):
     """Padded candidates zeroed (garbage and NaN never leave); in the quantized modes, the goals' input
     quantization point (the top-k goals are gathered from its codes)."""
     return self.goal_input_mask(goals_BxGx2, P.index(goal_mask_BxG, np.s_[..., None]))
 
-  def goal_logits(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array):
+  def goal_logits(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array, lanes: "TopLanes | None" = None):
     """(masked logits BxG, offsets BxGx2 or None) of goals from `mask_goals` (or dense goals on its grid).
-    The logits rank the candidates; in the quantized modes they are the last integer scores."""
+    The logits rank the candidates; in the quantized modes they are the last integer scores. `lanes`: the top
+    lanes by lane score, a second attention of every goal (DenseTNT's lane scoring)."""
     if enc.agent_BxH.shape[-1] != self.in_channels:
       raise ValueError(f"Densetnt: encoder features have {enc.agent_BxH.shape[-1]} channels, "
                        f"in_channels is {self.in_channels}")
@@ -123,14 +139,17 @@ class Densetnt(nn.Module):
     ctx_Bx1xH = P.index(self.goal_context(enc.agent_BxH), np.s_[..., None, :])
     f = self.goal_fuse_relu(self.goal_fuse_add(self.goal_fuse(e), ctx_Bx1xH))
     att = self.goal_attention(f, enc.polylines_BxNxH, enc.polyline_mask_BxN)
-    hid = self.goal_head(self.goal_residual(f, att))
+    fused = self.goal_residual(f, att)
+    if lanes is not None:
+      fused = self.goal_lane_residual(fused, self.goal_lane_attention(f, lanes.features_BxKxH, lanes.mask_BxK))
+    hid = self.goal_head(fused)
     logits_BxG = self.goal_mask_add(P.index(self.goal_score(hid), np.s_[..., 0]), goal_mask_BxG)
     offsets = self.offset_head(hid) if self.goal_offset else None
     return logits_BxG, offsets
 
-  def score_goals(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array):
+  def score_goals(self, enc: Encoding, goals_BxGx2, goal_mask_BxG: jax.Array, lanes: "TopLanes | None" = None):
     """(masked logits BxG, log-probs BxG, offsets BxGx2 or None) of the sparse candidates."""
-    logits_BxG, offsets = self.goal_logits(enc, goals_BxGx2, goal_mask_BxG)
+    logits_BxG, offsets = self.goal_logits(enc, goals_BxGx2, goal_mask_BxG, lanes)
     return logits_BxG, self.goal_log_softmax(logits_BxG), offsets
 
   def dense_goals(self, goals_BxGx2, logits_BxG, goal_mask_BxG):
@@ -150,28 +169,47 @@ class Densetnt(nn.Module):
     dense_BxPx2 = P.take_along_axis(grid_BxQx2, P.index(keep_BxP, np.s_[..., None]), axis=-2)
     return dense_BxPx2, P.take_along_axis(grid_mask_BxQ, keep_BxP, axis=-1)
 
-  def goal_set(self, enc: Encoding, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG) -> GoalSet:
+  def goal_set(self, enc: Encoding, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG,
+               lanes: "TopLanes | None" = None) -> GoalSet:
     """The scored goal set: the sparse candidates alone, or with the dense stage their union with the dense
     points under one log-softmax."""
     if not self.dense_seeds:
       return GoalSet(goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG)
     dense_BxPx2, dense_mask_BxP = self.dense_goals(goals_BxGx2, logits_BxG, goal_mask_BxG)
     with call_tag("dense"):
-      dense_logits_BxP, _ = self.goal_logits(enc, dense_BxPx2, dense_mask_BxP)
+      dense_logits_BxP, _ = self.goal_logits(enc, dense_BxPx2, dense_mask_BxP, lanes)
     logits_BxU = P.join([logits_BxG, dense_logits_BxP], axis=-1)
     return GoalSet(P.join([goals_BxGx2, dense_BxPx2], axis=-2),
                    P.concatenate([goal_mask_BxG, dense_mask_BxP], axis=-1), logits_BxU,
                    self.set_log_softmax(logits_BxU))
 
-  def score_lanes(self, enc: Encoding) -> jax.Array:
-    """(B, L) masked log-softmax over the lane polylines (DenseTNT's lane scoring, an auxiliary loss that
-    teaches the encoder which lane the agent ends on). Training only, in float on the encoder's values: the
-    deployed program does not contain it."""
-    poly = P.value(enc.polylines_BxNxH)[..., self.num_traj:, :]
-    mask = P.value(enc.polyline_mask_BxN)[..., self.num_traj:]
-    ctx = self.lane_context(P.value(enc.agent_BxH))[..., None, :]
-    hid = P.relu(P.add(self.lane_hidden(poly), ctx))
-    return P.log_softmax(P.mask_add(self.lane_out(hid)[..., 0], mask))
+  def lane_logits(self, enc: Encoding):
+    """(masked lane logits BxL, lane mask BxL): DenseTNT's lane scoring, one score per lane polyline from the
+    lane's and the agent's features. With `lane_top_k` it is part of the deployed model (quantized like the
+    rest); without, a training-only auxiliary head in float on the encoder's values."""
+    poly = P.index(enc.polylines_BxNxH, np.s_[..., self.num_traj:, :])
+    mask = P.index(enc.polyline_mask_BxN, np.s_[..., self.num_traj:])
+    agent = enc.agent_BxH
+    if not self.lane_top_k:
+      poly, mask, agent = P.value(poly), P.value(mask), P.value(agent)
+    ctx = P.index(self.lane_context(agent), np.s_[..., None, :])
+    hid = self.lane_relu(self.lane_add(self.lane_hidden(poly), ctx))
+    return self.lane_mask_add(P.index(self.lane_out(hid), np.s_[..., 0]), mask), mask
+
+  def top_lanes(self, enc: Encoding, lane_logits_BxL, lane_mask_BxL) -> "TopLanes":
+    """The `lane_top_k` best-scored lanes' features and mask (what every goal attends to a second time)."""
+    k = min(self.lane_top_k, lane_logits_BxL.shape[-1])
+    idx_BxK = P.masked_top_k(lane_logits_BxL, lane_mask_BxL, k)
+    poly = P.index(enc.polylines_BxNxH, np.s_[..., self.num_traj:, :])
+    return TopLanes(P.take_along_axis(poly, P.index(idx_BxK, np.s_[..., None]), axis=-2),
+                    P.take_along_axis(lane_mask_BxL, idx_BxK, axis=-1))
+
+  def lanes(self, enc: Encoding):
+    """(top lanes or None, lane logits BxL or None) of the configured lane scoring."""
+    if not self.lane_scoring:
+      return None, None
+    logits_BxL, mask_BxL = self.lane_logits(enc)
+    return (self.top_lanes(enc, logits_BxL, mask_BxL) if self.lane_top_k else None), logits_BxL
 
   def add_offsets(self, goals_BxNx2, offsets_BxNx2):
     return self.offset_add(goals_BxNx2, offsets_BxNx2)
@@ -215,15 +253,16 @@ class DenseTNT(nn.Module):
     enc = self._encode(inputs)
     mask_BxG = inputs["goal_mask_G"]
     goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], mask_BxG)
-    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, mask_BxG)
+    lanes, lane_logits_BxL = self.decoder.lanes(enc)
+    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, mask_BxG, lanes)
     gt_goal_Bx1x2 = P.quantize_as(inputs["future_Fx2"][..., -1:, :], goals_BxGx2)   # on the goals' grid
     traj_BxFx2 = P.index(self.decoder.complete(enc, gt_goal_Bx1x2), np.s_[..., 0, :, :])
     out = TrainOutputs(P.value(logp_BxG), P.value(traj_BxFx2), None if offsets is None else P.value(offsets))
-    if self.decoder.lane_scoring:
-      out = out._replace(lane_logprobs_BxL=self.decoder.score_lanes(enc))
+    if lane_logits_BxL is not None:
+      out = out._replace(lane_logprobs_BxL=P.log_softmax(P.value(lane_logits_BxL)))
     if not self.decoder.dense_seeds:
       return out
-    gs = self.decoder.goal_set(enc, goals_BxGx2, mask_BxG, logits_BxG, logp_BxG)
+    gs = self.decoder.goal_set(enc, goals_BxGx2, mask_BxG, logits_BxG, logp_BxG, lanes)
     return out._replace(set_logprobs_BxU=P.value(gs.logprobs_BxU), set_goals_BxUx2=P.value(gs.goals_BxUx2),
                         set_mask_BxU=P.value(gs.mask_BxU))
 
@@ -231,8 +270,9 @@ class DenseTNT(nn.Module):
     enc = self._encode(inputs)
     goal_mask_BxG = inputs["goal_mask_G"]
     goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], goal_mask_BxG)
-    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG)
-    gs = self.decoder.goal_set(enc, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG)
+    lanes, _ = self.decoder.lanes(enc)
+    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG, lanes)
+    gs = self.decoder.goal_set(enc, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG, lanes)
     k = min(self.decoder.top_k, gs.logits_BxU.shape[-1])
     idx_BxN = P.masked_top_k(gs.logits_BxU, gs.mask_BxU, k)
     idx_BxNx1 = P.index(idx_BxN, np.s_[..., None])
@@ -262,5 +302,5 @@ def build_model(config) -> DenseTNT:
                      num_heads=num_heads, goal_offset=m.get("goal_offset", False),
                      dense_seeds=m.get("dense_seeds", 0), dense_points=m.get("dense_points", 512),
                      dense_radius=m.get("dense_radius", 2), dense_spacing=m.get("dense_spacing", 1.0),
-                     lane_scoring=m.get("lane_scoring", False))
+                     lane_scoring=m.get("lane_scoring", False), lane_top_k=m.get("lane_top_k", 0))
   return DenseTNT(encoder=encoder, decoder=decoder, postprocess=PostprocessSettings.from_config(p))
