@@ -85,8 +85,8 @@ def tiny_quant():
 
 @pytest.fixture(scope="session")
 def tiny_dense():
-  """`tiny_quant` with DenseTNT's dense goal stage (4 seeds, 40 dense points), lane scoring, the goal-set
-  optimiser and the endpoint shift: the same keys."""
+  """`tiny_quant` with DenseTNT's dense goal stage (4 seeds, 40 dense points), lane scoring with attention to
+  the top 4 lanes, the goal-set optimiser and the endpoint shift: the same keys."""
   import jax
   import numpy as np
   from test_model import random_batch
@@ -96,6 +96,7 @@ def tiny_dense():
   config = load_config("tiny")
   config.quant.calibration_batches = 3
   config.model.dense_seeds, config.model.dense_points, config.model.lane_scoring = 4, 40, True
+  config.model.lane_top_k = 4
   config.postprocess.selection, config.postprocess.endpoint = "mr", "shift"
   model = build_model(config)
   d = config.data

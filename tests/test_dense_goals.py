@@ -120,8 +120,9 @@ def test_goal_set_is_sparse_then_dense_from_the_best_seeds(tiny_dense):
     enc = mdl._encode(inputs)
     m = inputs["goal_mask_G"]
     goals = mdl.decoder.mask_goals(inputs["goals_Gx2"], m)
-    logits, logp, _ = mdl.decoder.score_goals(enc, goals, m)
-    return mdl.decoder.goal_set(enc, goals, m, logits, logp), logits
+    lanes, _ = mdl.decoder.lanes(enc)
+    logits, logp, _ = mdl.decoder.score_goals(enc, goals, m, lanes)
+    return mdl.decoder.goal_set(enc, goals, m, logits, logp, lanes), logits
 
   gs, logits = model.apply({"params": params}, _inputs(batch), method=goal_set)
   g = batch["goals_Gx2"].shape[1]
@@ -157,6 +158,14 @@ def test_set_and_lane_losses_use_the_nearest_goal_and_lane(tiny_dense):
   assert float(jnp.abs(grads["decoder"]["lane_out"]["kernel"]).sum()) > 0
 
 
+def test_lane_attention_needs_lane_scoring(tiny_dense):
+  from densetnt_jax.model import build_model
+  config = tiny_dense["config"].copy_and_resolve_references()
+  config.model.lane_scoring = False
+  with pytest.raises(ValueError, match="lane_top_k"):
+    build_model(config).init(jax.random.key(0), tiny_dense["batches"][0], train=True)
+
+
 def test_nearest_lane_measures_to_the_centerline_segments():
   lanes = np.zeros((1, 3, 2, 11), np.float32)
   lanes[0, 0, 0, :4] = [0, 0, 0, 10]          # x = 0, y 0..10
@@ -173,6 +182,8 @@ def test_program_reproduces_fake_quant_codes_with_dense_ops(tiny_dense):
   program, model = tiny_dense["program"], tiny_dense["model"]
   kinds = {o.kind for o in program.ops}
   assert {"dense_grid", "dense_grid_mask"} <= kinds
+  names = {o.name for o in program.ops}                                        # lane scoring + attention
+  assert "decoder/lane_out" in names and any(n.startswith("decoder/goal_lane_attention/") for n in names)
   assert any(o.name.endswith("@dense") for o in program.ops)                   # the scorer's second call
   assert program.meta["postprocess"]["selection"] == "mr"
   fq = jax.jit(lambda p, q, x: model.apply({"params": p, "quant": q}, x, method="predict",
