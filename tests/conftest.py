@@ -55,23 +55,16 @@ def config():
   return load_config()
 
 
-@pytest.fixture(scope="session")
-def tiny_quant():
-  """A calibrated tiny model and its integer program, shared by the quantization and deployment tests:
-  {config, model, batches (3 random-but-valid scenes batches of 4), params (random init), q0 (initial quant
-  state), quant (calibrated on the batches, the config's int16 globs), program (convert at those)}. HAT's
-  decoder (sparse goals, NMS); `tiny_dense` has DenseTNT's dense stage and goal-set selection."""
+def calibrated_tiny(config) -> dict:
+  """{config, model, batches (3 random-but-valid batches of 4), params (random init), q0 (initial quant state),
+  quant (calibrated on the batches, the config's int16 globs), program (convert at those)} of a tiny config."""
   import jax
   import numpy as np
   from test_model import random_batch
   from densetnt_jax.model import build_model
   from densetnt_jax.quant import calibrate, convert, init_quant_state
 
-  config = load_config("tiny")
   config.quant.calibration_batches = 3
-  config.model.depth, config.model.goal_offset = 1, False
-  config.model.dense_seeds, config.model.lane_scoring = 0, False
-  config.postprocess.selection, config.postprocess.endpoint = "nms", "model"
   model = build_model(config)
   d = config.data
   rng = np.random.default_rng(0)
@@ -81,29 +74,26 @@ def tiny_quant():
   quant = calibrate(model, params, q0, iter(batches), config.quant)
   program = convert(model, params, quant, batches[0], config)
   return dict(config=config, model=model, batches=batches, params=params, q0=q0, quant=quant, program=program)
+
+
+@pytest.fixture(scope="session")
+def tiny_quant():
+  """A calibrated tiny model and its integer program (`calibrated_tiny`), shared by the quantization and
+  deployment tests: HAT's decoder (sparse goals, NMS); `tiny_dense` has DenseTNT's dense stage and goal-set
+  selection."""
+  config = load_config("tiny")
+  config.model.depth, config.model.goal_offset = 1, False
+  config.model.dense_seeds, config.model.lane_scoring = 0, False
+  config.postprocess.selection, config.postprocess.endpoint = "nms", "model"
+  return calibrated_tiny(config)
 
 
 @pytest.fixture(scope="session")
 def tiny_dense():
   """`tiny_quant` with DenseTNT's dense goal stage (4 seeds, 40 dense points), lane scoring with attention to
   the top 4 lanes, the goal-set optimiser and the endpoint shift: the same keys."""
-  import jax
-  import numpy as np
-  from test_model import random_batch
-  from densetnt_jax.model import build_model
-  from densetnt_jax.quant import calibrate, convert, init_quant_state
-
   config = load_config("tiny")
-  config.quant.calibration_batches = 3
   config.model.dense_seeds, config.model.dense_points, config.model.lane_scoring = 4, 40, True
   config.model.lane_top_k = 4
   config.postprocess.selection, config.postprocess.endpoint = "mr", "shift"
-  model = build_model(config)
-  d = config.data
-  rng = np.random.default_rng(0)
-  batches = [random_batch(rng, 4, d.max_traj_num, d.max_lane_num, d.max_goals_num) for _ in range(3)]
-  params = model.init(jax.random.key(0), batches[0], train=True)["params"]
-  q0 = init_quant_state(model, params, batches[0], config.quant)
-  quant = calibrate(model, params, q0, iter(batches), config.quant)
-  program = convert(model, params, quant, batches[0], config)
-  return dict(config=config, model=model, batches=batches, params=params, q0=q0, quant=quant, program=program)
+  return calibrated_tiny(config)

@@ -139,31 +139,30 @@ _INIT_BITS: contextvars.ContextVar[Callable[[str], int] | None] = contextvars.Co
 
 
 @contextlib.contextmanager
+def _set(var: contextvars.ContextVar, value):
+  """`var` holds `value` inside the block (yielded), its previous value after."""
+  token = var.set(value)
+  try:
+    yield value
+  finally:
+    var.reset(token)
+
+
 def recording():
   """Primitives append their ops to the yielded Recorder while the (fake-quant) model is traced inside."""
-  rec = Recorder()
-  token = _RECORDER.set(rec)
-  try:
-    yield rec
-  finally:
-    _RECORDER.reset(token)
+  return _set(_RECORDER, Recorder())
 
 
 def recorder() -> Recorder | None:
   return _RECORDER.get()
 
 
-@contextlib.contextmanager
 def call_tag(tag: str):
   """Inside: the tensors modules produce are named `<module path>@<tag>`. For a module called a second time on
   other inputs (the goal scorer on the dense goals): its ops get names of their own in the program and their
   codes an entry of their own in `intermediates`, while the quantization point (scale, observer, params)
   stays the module's, shared by both calls."""
-  token = _CALL_TAG.set(tag)
-  try:
-    yield
-  finally:
-    _CALL_TAG.reset(token)
+  return _set(_CALL_TAG, tag)
 
 
 def module_path(name: str) -> str:
@@ -181,14 +180,9 @@ def bits_by_pattern(quant_config) -> Callable[[str], int]:
   return lambda name: 16 if any(fnmatch.fnmatchcase(name, p) for p in patterns) else default
 
 
-@contextlib.contextmanager
 def creating_points(bits_of: Callable[[str], int]):
   """Inside: a quant-mode apply creates missing points with `bits_of(path)` bits (init_quant_state only)."""
-  token = _INIT_BITS.set(bits_of)
-  try:
-    yield
-  finally:
-    _INIT_BITS.reset(token)
+  return _set(_INIT_BITS, bits_of)
 
 
 def new_point(bits: int) -> dict:
