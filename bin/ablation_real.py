@@ -1,10 +1,12 @@
 """The README's real-traffic ablation: today's network (HAT's sparse goals + NMS), each DenseTNT addition on its
 own, and all together, float and int, on real val (99) and val_large (499), beside constant velocity.
 
-  python benchmarks/ablation_real.py [--train] [--splits val,val_large] [--runs runs]
+  python bin/ablation_real.py [--train] [--splits val,val_large] [--runs runs]      # or: make ablation
 
-Each trained variant is a workdir `<runs>/real_<variant>` (configs/argo.py:real with the variant's overrides);
-`--train` runs its missing stages (float, calibration, QAT, int: about 25 min per variant on 2 cores).
+Each trained variant is a workdir (configs/argo.py:real with the variant's overrides; "all" is the config as
+it is, `make real`'s runs/real); `--train` runs its missing stages (float, calibration, QAT, int: 25-45 min
+per variant on 2 cores). Every variant trains with the same schedule; its validation (which picks the best
+checkpoint) uses the variant's own post-processing.
 Post-processing rows (endpoint, selection) reuse a variant's checkpoints and program with other
 `config.postprocess` settings: the host epilogue, nothing on the accelerator changes. The best checkpoint of
 each variant was chosen on val (99 scenes), so val_large (the 400 held-out archive scenes + those 99) is the
@@ -18,12 +20,12 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# trained variants: model overrides, and the post-processing their validation (best checkpoint) used
+# trained variants: workdir under --runs, model overrides, the post-processing their validation used
 VARIANTS = {
-    "hat": dict(dense_seeds=0, lane_scoring=False, selection="nms", endpoint="model"),
-    "dense": dict(dense_seeds=150, lane_scoring=False, selection="fde", endpoint="shift"),
-    "lane": dict(dense_seeds=0, lane_scoring=True, selection="nms", endpoint="model"),
-    "all": dict(dense_seeds=150, lane_scoring=True, selection="fde", endpoint="shift"),
+    "hat": dict(workdir="real_hat", dense_seeds=0, lane_scoring=False, selection="nms", endpoint="model"),
+    "dense": dict(workdir="real_dense", dense_seeds=150, lane_scoring=False, selection="nms", endpoint="model"),
+    "lane": dict(workdir="real_lane", dense_seeds=0, lane_scoring=True, selection="nms", endpoint="model"),
+    "all": dict(workdir="real"),
 }
 # table rows: (name, variant, selection, endpoint)
 ROWS = (
@@ -46,9 +48,10 @@ def real_config(variant: str, selection: str | None = None, endpoint: str | None
   spec.loader.exec_module(module)
   c = module.get_config("real")
   v = VARIANTS[variant]
-  c.model.dense_seeds, c.model.lane_scoring = v["dense_seeds"], v["lane_scoring"]
-  c.postprocess.selection = selection or v["selection"]
-  c.postprocess.endpoint = endpoint or v["endpoint"]
+  c.model.dense_seeds = v.get("dense_seeds", c.model.dense_seeds)
+  c.model.lane_scoring = v.get("lane_scoring", c.model.lane_scoring)
+  c.postprocess.selection = selection or v.get("selection", c.postprocess.selection)
+  c.postprocess.endpoint = endpoint or v.get("endpoint", c.postprocess.endpoint)
   return c
 
 
@@ -63,7 +66,7 @@ def main():
   from densetnt_jax.pipelines import run_stages
   from densetnt_jax.train.checkpoint import quiet_orbax_logging
   quiet_orbax_logging()
-  workdir = {v: os.path.join(args.runs, f"real_{v}") for v in VARIANTS}
+  workdir = {v: os.path.join(args.runs, spec["workdir"]) for v, spec in VARIANTS.items()}
   if args.train:
     for v in VARIANTS:
       done = [s for s in ("float", "calibration", "qat", "int") if os.path.exists(os.path.join(workdir[v], s))]
