@@ -74,6 +74,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   m.dense_spacing = 1.0
   m.lane_scoring = True                  # DenseTNT's lane scoring as an auxiliary loss (training only) ...
   m.lane_top_k = 0                       # ... and, > 0, a second attention of every goal over the top-k lanes
+                                         # (measured on real val_large, k=8: minFDE_k6 1.917 vs 1.895 without; off)
 
   c.postprocess = p = ml_collections.ConfigDict()
   p.threshold = 2.0                      # NMS radius; the miss threshold of selection="mr"
