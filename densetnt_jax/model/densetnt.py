@@ -251,28 +251,30 @@ class DenseTNT(nn.Module):
       raise KeyError("DenseTNT(train=True) teacher-forces the completion with inputs['future_Fx2'][:, -1]; "
                      "pass the labels, or use method='predict'")
     enc = self._encode(inputs)
-    mask_BxG = inputs["goal_mask_G"]
-    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], mask_BxG)
-    lanes, lane_logits_BxL = self.decoder.lanes(enc)
-    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, mask_BxG, lanes)
+    goals_BxGx2, logp_BxG, offsets, gs, lane_logits_BxL = self._score(inputs, enc)
     gt_goal_Bx1x2 = P.quantize_as(inputs["future_Fx2"][..., -1:, :], goals_BxGx2)   # on the goals' grid
     traj_BxFx2 = P.index(self.decoder.complete(enc, gt_goal_Bx1x2), np.s_[..., 0, :, :])
     out = TrainOutputs(P.value(logp_BxG), P.value(traj_BxFx2), None if offsets is None else P.value(offsets))
     if lane_logits_BxL is not None:
       out = out._replace(lane_logprobs_BxL=P.log_softmax(P.value(lane_logits_BxL)))
-    if not self.decoder.dense_seeds:
-      return out
+    if self.decoder.dense_seeds:
+      out = out._replace(set_logprobs_BxU=P.value(gs.logprobs_BxU), set_goals_BxUx2=P.value(gs.goals_BxUx2),
+                         set_mask_BxU=P.value(gs.mask_BxU))
+    return out
+
+  def _score(self, inputs: dict, enc: Encoding):
+    """What training and predict share: (sparse goals BxGx2 on the goals' grid, their log-probs, offsets or
+    None, the scored goal set, lane logits BxL or None)."""
+    mask_BxG = inputs["goal_mask_G"]
+    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], mask_BxG)
+    lanes, lane_logits_BxL = self.decoder.lanes(enc)
+    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, mask_BxG, lanes)
     gs = self.decoder.goal_set(enc, goals_BxGx2, mask_BxG, logits_BxG, logp_BxG, lanes)
-    return out._replace(set_logprobs_BxU=P.value(gs.logprobs_BxU), set_goals_BxUx2=P.value(gs.goals_BxUx2),
-                        set_mask_BxU=P.value(gs.mask_BxU))
+    return goals_BxGx2, logp_BxG, offsets, gs, lane_logits_BxL
 
   def predict(self, inputs: dict) -> Prediction:
     enc = self._encode(inputs)
-    goal_mask_BxG = inputs["goal_mask_G"]
-    goals_BxGx2 = self.decoder.mask_goals(inputs["goals_Gx2"], goal_mask_BxG)
-    lanes, _ = self.decoder.lanes(enc)
-    logits_BxG, logp_BxG, offsets = self.decoder.score_goals(enc, goals_BxGx2, goal_mask_BxG, lanes)
-    gs = self.decoder.goal_set(enc, goals_BxGx2, goal_mask_BxG, logits_BxG, logp_BxG, lanes)
+    _, logp_BxG, offsets, gs, _ = self._score(inputs, enc)
     k = min(self.decoder.top_k, gs.logits_BxU.shape[-1])
     idx_BxN = P.masked_top_k(gs.logits_BxU, gs.mask_BxU, k)
     idx_BxNx1 = P.index(idx_BxN, np.s_[..., None])
