@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Real Argoverse 1.1 sample used by tests (never copied into the project).
 export ARGOVERSE1_SHARED ?= $(abspath ../shared/data/argoverse1)
 
-.PHONY: install demo real test bench clean
+.PHONY: install demo real ablation test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 # four stages and the deployment checks on real data.
 real: $(STAMP)
 	$(PY) bin/real.py
+
+# The README's real-traffic ablation: trains the variants' missing stages (runs/real_{hat,dense,lane}), then the
+# table on val and val_large (runs/ablation_real.json).
+ablation: $(STAMP)
+	$(PY) bin/ablation_real.py --train
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

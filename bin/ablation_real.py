@@ -58,9 +58,11 @@ def real_config(variant: str, selection: str | None = None, endpoint: str | None
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--train", action="store_true", help="train the variants' missing stages first")
-  parser.add_argument("--splits", default="val,val_large")
+  parser.add_argument("--splits", default="val,val_large", help="'' trains only")
   parser.add_argument("--runs", default="runs")
-  parser.add_argument("--stages", default="float,int")
+  parser.add_argument("--stages", default="float,int", help="stages in the table (a missing one reads n/a)")
+  parser.add_argument("--variants", default=",".join(VARIANTS), help="the variants --train trains")
+  parser.add_argument("--train_stages", default="float,calibration,qat,int", help="the stages --train runs")
   args = parser.parse_args()
   from densetnt_jax.eval.evaluate import evaluate
   from densetnt_jax.pipelines import run_stages
@@ -68,10 +70,13 @@ def main():
   quiet_orbax_logging()
   workdir = {v: os.path.join(args.runs, spec["workdir"]) for v, spec in VARIANTS.items()}
   if args.train:
-    for v in VARIANTS:
-      done = [s for s in ("float", "calibration", "qat", "int") if os.path.exists(os.path.join(workdir[v], s))]
-      run_stages(real_config(v), workdir[v], tuple(s for s in ("float", "calibration", "qat", "int")
-                                                    if s not in done or s == "float"))
+    wanted = args.train_stages.split(",")
+    for v in args.variants.split(","):
+      missing = [s for s in wanted if s == "float" or not os.path.exists(
+          os.path.join(workdir[v], s, "program" if s == "int" else "best"))]
+      run_stages(real_config(v), workdir[v], tuple(missing))
+  if not args.splits:
+    return
   results = {}
   for split in args.splits.split(","):
     cv = None
@@ -79,6 +84,9 @@ def main():
     for name, variant, selection, endpoint in ROWS:
       config = real_config(variant, selection, endpoint)
       for stage in args.stages.split(","):
+        if not os.path.isdir(os.path.join(workdir[variant], stage)):
+          lines.append(f"{name + ' [' + stage + ']':48s}" + "".join(f"{'n/a':>16s}" for _ in KEYS))
+          continue
         r = evaluate(config, workdir[variant], stage=stage, split=split, progress=False)
         cv = r["constant_velocity"]
         results[f"{split}/{name}/{stage}"] = r["model"]
