@@ -34,7 +34,8 @@ def _model_predict(params, quant, inputs: dict, *, model):
 
 class Predictor:
   """A stage's jitted predict function. Outputs are numpy dicts: `trajs_BxKxFx2` and `goals_BxKx2`
-  (agent frame), `trajs_city_BxKxFx2` (city frame), `probs_BxK`, `goal_logprobs_BxG`.
+  (agent frame), `trajs_city_BxKxFx2` (city frame), `probs_BxK`, `goal_logprobs_BxG` (the sparse candidates),
+  `topk_goals_BxNx2` / `topk_logprobs_BxN` (the top goals of the sparse + dense goal set, for the heatmap).
 
   float: `params`; calibration and qat: `params` and `quant` (fake-quant); int: `program` (integer)."""
 
@@ -64,7 +65,9 @@ class Predictor:
     """Predicts a batch (a Scene with a leading batch axis, e.g. from `ArgoverseDataset.batches`)."""
     pred = jax.device_get(self._predict(model_inputs(batch)))
     out = {"trajs_BxKxFx2": np.asarray(pred.trajs_BxKxFx2), "probs_BxK": np.asarray(pred.probs_BxK),
-           "goals_BxKx2": np.asarray(pred.goals_BxKx2), "goal_logprobs_BxG": np.asarray(pred.goal_logprobs_BxG)}
+           "goals_BxKx2": np.asarray(pred.goals_BxKx2), "goal_logprobs_BxG": np.asarray(pred.goal_logprobs_BxG),
+           "topk_goals_BxNx2": np.asarray(pred.topk_goals_BxNx2),
+           "topk_logprobs_BxN": np.asarray(pred.topk_logprobs_BxN)}
     out["trajs_city_BxKxFx2"] = to_city_frame_batch(out["trajs_BxKxFx2"], batch.origin_2, batch.rotation_2x2)
     return out
 

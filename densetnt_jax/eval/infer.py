@@ -1,4 +1,9 @@
-"""Inference visualization: one PNG per scene with the predictions, their probabilities and the goal heatmap."""
+"""Inference pictures: one PNG per scene, a stage comparison per scene, a contact sheet of N scenes.
+
+Every function takes `Predictor`s (densetnt_jax.api) and a packed dataset, so `bin/infer.py`, `make demo`,
+`make real` and a notebook draw the same pictures. Scenes are chosen by `select_scenes`: the first N, N at
+random (by seed) or the worst N by the first predictor's minFDE_k6.
+"""
 from __future__ import annotations
 
 import os
@@ -6,29 +11,122 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
-from densetnt_jax.data.scene import Scene, decode_city
-from densetnt_jax.eval.visualize import save_scene_png
+from densetnt_jax.eval.metrics import per_sequence_errors
+from densetnt_jax.eval.visualize import (contact_sheet_figure, save_figure, scene_figure, stage_comparison_figure)
+
+SELECTIONS = ("first", "worst", "random")
+
+
+def _row(pred: dict, b: int) -> dict:
+  """One scene's prediction from a batch's dict: keys without the `Bx` (as `Predictor.predict_scene`)."""
+  return {k.replace("Bx", "", 1): np.asarray(v)[b] for k, v in pred.items()}
+
+
+def scene_errors(predictor, dataset, *, batch_size: int = 16, max_scenes: int = -1, miss_threshold: float = 2.0,
+                 progress: bool = True) -> dict[str, np.ndarray]:
+  """{'index_N', 'seq_id_N', 'fde_N', 'miss_N'}: the predictor's K=6 minFDE of each scene with a GT future
+  (dataset order; the first `max_scenes` scenes when > 0), scored by `metrics.per_sequence_errors`."""
+  n = len(dataset) if max_scenes <= 0 else min(max_scenes, len(dataset))
+  out = {"index_N": [], "seq_id_N": [], "fde_N": [], "miss_N": []}
+  order = np.arange(n)
+  with tqdm(total=n, desc=f"score {predictor.stage}", disable=not progress, unit="scene") as bar:
+    for start in range(0, n, batch_size):
+      rows = order[start:start + batch_size]
+      batch = dataset.make_batch(np.concatenate([rows, -np.ones(batch_size - len(rows), np.int64)]))
+      pred = predictor.predict(batch)
+      scored = np.flatnonzero(np.asarray(batch.has_future)[:len(rows)])
+      if len(scored):
+        e = per_sequence_errors(pred["trajs_BxKxFx2"][scored], pred["probs_BxK"][scored],
+                                np.asarray(batch.future_Fx2)[scored], miss_threshold=miss_threshold, k=6)
+        out["index_N"].append(rows[scored])
+        out["seq_id_N"].append(np.asarray(batch.seq_id)[scored])
+        out["fde_N"].append(e["fde_N"])
+        out["miss_N"].append(e["miss_N"])
+      bar.update(len(rows))
+  return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def select_scenes(predictor, dataset, num: int, *, how: str = "first", seed: int = 0, batch_size: int = 16,
+                  max_scenes: int = -1, progress: bool = True) -> np.ndarray:
+  """Dataset indices of `num` scenes: the first ones, `num` at random (seeded), or the `num` with the largest
+  minFDE_k6 of `predictor` (worst first; scoring predicts the first `max_scenes`, all when <= 0)."""
+  if how not in SELECTIONS:
+    raise ValueError(f"unknown selection {how!r}; expected one of {SELECTIONS}")
+  total = len(dataset) if max_scenes <= 0 else min(max_scenes, len(dataset))
+  num = min(num, total)
+  if how == "first":
+    return np.arange(num)
+  if how == "random":
+    return np.sort(np.random.default_rng(seed).choice(total, size=num, replace=False))
+  errors = scene_errors(predictor, dataset, batch_size=batch_size, max_scenes=total, progress=progress)
+  worst = np.argsort(-errors["fde_N"], kind="stable")[:num]
+  return errors["index_N"][worst].astype(np.int64)
+
+
+def predict_indices(predictor, dataset, indices, *, batch_size: int = 16) -> tuple[list, list[dict]]:
+  """(scenes, one prediction dict per scene) for dataset `indices`, in batches of `batch_size` padded with
+  empty rows (one compiled shape, the same as `scene_errors`)."""
+  from densetnt_jax.data.scene import Scene
+  scenes, preds = [], []
+  indices = np.asarray(indices, np.int64)
+  for start in range(0, len(indices), batch_size):
+    rows = indices[start:start + batch_size]
+    batch = dataset.make_batch(np.concatenate([rows, -np.ones(batch_size - len(rows), np.int64)]))
+    pred = predictor.predict(batch)
+    for b in range(len(rows)):
+      scenes.append(Scene(*(np.asarray(a)[b] for a in batch)))
+      preds.append(_row(pred, b))
+  return scenes, preds
 
 
 def render_predictions(predictor, dataset, save_path: str, *, num: int = 10, batch_size: int = 16,
+                       select: str = "first", seed: int = 0, view: str = "fit", dpi: int = 100,
                        progress: bool = True) -> list[str]:
-  """Predicts the first `num` scenes of `dataset` and writes `save_path/<seq_id>.png`; returns the paths."""
-  os.makedirs(save_path, exist_ok=True)
+  """Writes `save_path/<seq_id>.png` (`visualize.scene_figure`) for `num` scenes chosen by `select`; returns
+  the paths."""
+  indices = select_scenes(predictor, dataset, num, how=select, seed=seed, batch_size=batch_size, progress=progress)
+  scenes, preds = predict_indices(predictor, dataset, indices, batch_size=batch_size)
   paths = []
-  with tqdm(total=min(num, len(dataset)), desc="infer", disable=not progress, unit="scene") as bar:
-    for batch in dataset.batches(batch_size):
-      pred = predictor.predict(batch)
-      for b in np.flatnonzero(batch.seq_id >= 0):
-        if len(paths) >= num:
-          return paths
-        scene = Scene(*(np.asarray(a)[b] for a in batch))
-        fde = np.linalg.norm(pred["trajs_BxKxFx2"][b, :, -1] - scene.future_Fx2[-1], axis=-1).min()
-        title = (f"seq {int(scene.seq_id)} ({decode_city(scene.city_code)}), {predictor.stage}"
-                 + (f": minFDE_k6 {fde:.2f} m" if scene.has_future else ""))
-        path = os.path.join(save_path, f"{int(scene.seq_id)}.png")
-        save_scene_png(path, scene, prediction_trajs_KxFx2=pred["trajs_BxKxFx2"][b],
-                       prediction_probs_K=pred["probs_BxK"][b], goal_scores_G=pred["goal_logprobs_BxG"][b],
-                       title=title)
-        paths.append(path)
-        bar.update(1)
+  for scene, pred in tqdm(list(zip(scenes, preds)), desc="draw", disable=not progress, unit="scene"):
+    fig = scene_figure(scene, **_kwargs(pred), stage=predictor.stage, view=view, dpi=dpi)
+    paths.append(save_figure(fig, os.path.join(save_path, f"{int(scene.seq_id)}.png")))
   return paths
+
+
+def _kwargs(pred: dict) -> dict:
+  from densetnt_jax.eval.visualize import prediction_kwargs
+  return prediction_kwargs(pred)
+
+
+def render_stage_comparison(predictors: list, dataset, save_path: str, *, num: int = 4, batch_size: int = 16,
+                            select: str = "first", seed: int = 0, view: str = "fit", dpi: int = 100,
+                            progress: bool = True) -> list[str]:
+  """For `num` scenes (chosen by `select` with the first predictor), `save_path/<seq_id>_<s1>-<s2>.png`: the
+  scene once per predictor's stage, side by side on shared axes; returns the paths."""
+  if not predictors:
+    raise ValueError("render_stage_comparison needs at least one predictor")
+  indices = select_scenes(predictors[0], dataset, num, how=select, seed=seed, batch_size=batch_size,
+                          progress=progress)
+  per_stage = {}
+  for p in tqdm(predictors, desc="predict stages", disable=not progress, unit="stage"):
+    scenes, per_stage[p.stage] = predict_indices(p, dataset, indices, batch_size=batch_size)
+  tag = "-".join(per_stage)
+  paths = []
+  for i, scene in enumerate(tqdm(scenes, desc="draw", disable=not progress, unit="scene")):
+    fig = stage_comparison_figure(scene, {s: preds[i] for s, preds in per_stage.items()}, view=view, dpi=dpi)
+    paths.append(save_figure(fig, os.path.join(save_path, f"{int(scene.seq_id)}_{tag}.png")))
+  return paths
+
+
+def render_contact_sheet(predictor, dataset, path: str, *, num: int = 9, batch_size: int = 16,
+                         select: str = "worst", seed: int = 0, view: str = "fit", dpi: int = 90,
+                         progress: bool = True) -> str:
+  """One PNG at `path` with `num` scenes in a grid (`visualize.contact_sheet_figure`), e.g. the worst by
+  minFDE_k6; returns the path."""
+  indices = select_scenes(predictor, dataset, num, how=select, seed=seed, batch_size=batch_size, progress=progress)
+  scenes, preds = predict_indices(predictor, dataset, indices, batch_size=batch_size)
+  what = {"worst": f"the {len(scenes)} worst by minFDE_k6", "random": f"{len(scenes)} at random (seed {seed})",
+          "first": f"the first {len(scenes)}"}[select]
+  fig = contact_sheet_figure(scenes, preds, view=view, dpi=dpi,
+                             suptitle=f"{predictor.stage}: {what} of {len(dataset)} scenes")
+  return save_figure(fig, path)
