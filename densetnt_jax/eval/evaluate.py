@@ -22,7 +22,8 @@ from densetnt_jax.eval.metrics import MetricsAccumulator
 
 def evaluate_dataset(predictor, dataset: ArgoverseDataset, *, batch_size: int, miss_threshold: float = 2.0,
                      max_batches: int = -1, write_h5: str | None = None, progress: bool = True) -> dict:
-  """{'model': metrics, 'constant_velocity': metrics, 'num_sequences', 'scenes_per_second'}."""
+  """{'model': metrics, 'constant_velocity': metrics, 'num_sequences', 'scenes_per_second', 'lmdb_path' (the
+  dataset's absolute path: which data the numbers are on)}."""
   d = predictor.config.data
   model_acc = MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold)
   cv_acc = MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold)
@@ -53,13 +54,15 @@ def evaluate_dataset(predictor, dataset: ArgoverseDataset, *, batch_size: int, m
     expected = dataset.seq_ids if max_batches <= 0 else None
     write_leaderboard_h5(write_h5, trajs_by_seq, probs_by_seq, expected_seq_ids=expected)
   return {"stage": predictor.stage, "model": model_acc.result(), "constant_velocity": cv_acc.result(),
-          "num_sequences": seen, "scenes_per_second": seen / seconds if seconds > 0 else 0.0}
+          "num_sequences": seen, "scenes_per_second": seen / seconds if seconds > 0 else 0.0,
+          "lmdb_path": os.path.abspath(dataset.path)}
 
 
 def evaluate(config, workdir: str, *, stage: str = "float", split: str | None = None,
              write_h5: str | None = None, progress: bool = True) -> dict:
   """Evaluates the stage's checkpoint in `workdir` on `split` (default: the config's val split); writes
-  `{workdir}/eval_{stage}.json` and returns the result."""
+  `{workdir}/eval_{stage}.json` and returns the result. The json records the split, the LMDB dir and the
+  split's LMDB path, so an eval of another split or data set (which overwrites the file) says what it saw."""
   from densetnt_jax.api import load   # late import: api imports this module's callers
   split = split or config.data.val_split
   predictor = load(workdir, stage=stage, config=config)
@@ -68,6 +71,7 @@ def evaluate(config, workdir: str, *, stage: str = "float", split: str | None = 
                             miss_threshold=config.eval.miss_threshold, max_batches=config.train.eval_max_batches,
                             write_h5=write_h5, progress=progress)
   result["split"] = split
+  result["lmdb_dir"] = os.path.abspath(str(config.data.lmdb_dir))
   with open(os.path.join(workdir, f"eval_{stage}.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result

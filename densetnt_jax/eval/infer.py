@@ -80,11 +80,13 @@ def predict_indices(predictor, dataset, indices, *, batch_size: int = 16) -> tup
 
 
 def render_predictions(predictor, dataset, save_path: str, *, num: int = 10, batch_size: int = 16,
-                       select: str = "first", seed: int = 0, view: str = "fit", dpi: int = 100,
+                       select: str = "first", seed: int = 0, view: str = "fit", dpi: int = 100, indices=None,
                        progress: bool = True) -> list[str]:
-  """Writes `save_path/<seq_id>.png` (`visualize.scene_figure`) for `num` scenes chosen by `select`; returns
-  the paths."""
-  indices = select_scenes(predictor, dataset, num, how=select, seed=seed, batch_size=batch_size, progress=progress)
+  """Writes `save_path/<seq_id>.png` (`visualize.scene_figure`) for `num` scenes chosen by `select` (or the
+  dataset `indices` given); returns the paths."""
+  if indices is None:
+    indices = select_scenes(predictor, dataset, num, how=select, seed=seed, batch_size=batch_size,
+                            progress=progress)
   scenes, preds = predict_indices(predictor, dataset, indices, batch_size=batch_size)
   paths = []
   for scene, pred in tqdm(list(zip(scenes, preds)), desc="draw", disable=not progress, unit="scene"):
@@ -99,14 +101,16 @@ def _kwargs(pred: dict) -> dict:
 
 
 def render_stage_comparison(predictors: list, dataset, save_path: str, *, num: int = 4, batch_size: int = 16,
-                            select: str = "first", seed: int = 0, view: str = "fit", dpi: int = 100,
+                            select: str = "first", seed: int = 0, view: str = "fit", dpi: int = 100, indices=None,
                             progress: bool = True) -> list[str]:
-  """For `num` scenes (chosen by `select` with the first predictor), `save_path/<seq_id>_<s1>-<s2>.png`: the
-  scene once per predictor's stage, side by side on shared axes; returns the paths."""
+  """For `num` scenes (chosen by `select` with the first predictor, or the dataset `indices` given),
+  `save_path/<seq_id>_<s1>-<s2>.png`: the scene once per predictor's stage, side by side on shared axes;
+  returns the paths."""
   if not predictors:
     raise ValueError("render_stage_comparison needs at least one predictor")
-  indices = select_scenes(predictors[0], dataset, num, how=select, seed=seed, batch_size=batch_size,
-                          progress=progress)
+  if indices is None:
+    indices = select_scenes(predictors[0], dataset, num, how=select, seed=seed, batch_size=batch_size,
+                            progress=progress)
   per_stage = {}
   for p in tqdm(predictors, desc="predict stages", disable=not progress, unit="stage"):
     scenes, per_stage[p.stage] = predict_indices(p, dataset, indices, batch_size=batch_size)
@@ -119,14 +123,75 @@ def render_stage_comparison(predictors: list, dataset, save_path: str, *, num: i
 
 
 def render_contact_sheet(predictor, dataset, path: str, *, num: int = 9, batch_size: int = 16,
-                         select: str = "worst", seed: int = 0, view: str = "fit", dpi: int = 90,
+                         select: str = "worst", seed: int = 0, view: str = "fit", dpi: int = 90, indices=None,
                          progress: bool = True) -> str:
   """One PNG at `path` with `num` scenes in a grid (`visualize.contact_sheet_figure`), e.g. the worst by
-  minFDE_k6; returns the path."""
-  indices = select_scenes(predictor, dataset, num, how=select, seed=seed, batch_size=batch_size, progress=progress)
+  minFDE_k6 (`select`; or the dataset `indices` given, described as `select`); returns the path."""
+  if indices is None:
+    indices = select_scenes(predictor, dataset, num, how=select, seed=seed, batch_size=batch_size,
+                            progress=progress)
   scenes, preds = predict_indices(predictor, dataset, indices, batch_size=batch_size)
   what = {"worst": f"the {len(scenes)} worst by minFDE_k6", "random": f"{len(scenes)} at random (seed {seed})",
           "first": f"the first {len(scenes)}"}[select]
   fig = contact_sheet_figure(scenes, preds, view=view, dpi=dpi,
                              suptitle=f"{predictor.stage}: {what} of {len(dataset)} scenes")
   return save_figure(fig, path)
+
+
+def run(config, workdir: str, save_path: str, *, stages=("float",), num: int = 10, grid: int = 0,
+        select: str = "first", seed: int = 0, view: str = "fit", split: str | None = None, batch_size: int = 16,
+        max_scenes: int = -1, progress: bool = True) -> list[str]:
+  """What `bin/infer.py` does: for one stage, `num` scene PNGs; for several, `num` stage comparisons; with
+  `grid` > 0 also `save_path/grid_<select>_<stage>.png` (the first stage). Scenes are chosen once (`select`,
+  by the first stage) and shared by every picture. Returns the paths written."""
+  from densetnt_jax.api import load
+  stages = list(stages)
+  if not stages:
+    raise ValueError("no stage to draw: give --stages=float[,int,...]")
+  predictors = [load(workdir, s, config=config) for s in stages]
+  dataset = predictors[0].dataset(split)
+  if len(dataset) == 0:
+    raise ValueError(f"{dataset.path} holds no scenes")
+  indices = select_scenes(predictors[0], dataset, max(num, grid), how=select, seed=seed, batch_size=batch_size,
+                          max_scenes=max_scenes, progress=progress)
+  paths = []
+  if num > 0 and len(predictors) == 1:
+    paths += render_predictions(predictors[0], dataset, save_path, indices=indices[:num], view=view,
+                                batch_size=batch_size, progress=progress)
+  elif num > 0:
+    paths += render_stage_comparison(predictors, dataset, save_path, indices=indices[:num], view=view,
+                                     batch_size=batch_size, progress=progress)
+  if grid > 0:
+    paths.append(render_contact_sheet(predictors[0], dataset, os.path.join(save_path, f"grid_{select}_{stages[0]}.png"),
+                                      indices=indices[:grid], select=select, seed=seed, view=view,
+                                      batch_size=batch_size, progress=progress))
+  return paths
+
+
+def write_pictures(config, workdir: str, out_dir: str | None = None, *, num: int = 2, grid: int = 9,
+                   split: str | None = None, batch_size: int = 16, progress: bool = False) -> list[str]:
+  """The last step of `make demo` and `make real`: into `out_dir` (default `workdir/pictures`) the training
+  curves and the stage bars (`curves.plot_metrics`), `num` scene PNGs of the float model and, when the int
+  program exists, `num` float-vs-int comparisons, for the worst scenes by float minFDE_k6, and a contact
+  sheet of the `grid` worst. Cheap: one scoring pass of the float model over the split, a few scenes drawn."""
+  from densetnt_jax.api import load
+  from densetnt_jax.eval.curves import plot_metrics
+  out_dir = out_dir or os.path.join(str(workdir), "pictures")
+  paths = plot_metrics(workdir, out_dir)
+  float_p = load(workdir, "float", config=config)
+  dataset = float_p.dataset(split)
+  worst = select_scenes(float_p, dataset, max(num, grid), how="worst", batch_size=batch_size, progress=progress)
+  paths += render_predictions(float_p, dataset, os.path.join(out_dir, "scenes"), indices=worst[:num],
+                              batch_size=batch_size, progress=progress)
+  try:
+    int_p = load(workdir, "int", config=config)
+  except FileNotFoundError:
+    int_p = None
+  if int_p is not None:
+    paths += render_stage_comparison([float_p, int_p], dataset, os.path.join(out_dir, "compare"),
+                                     indices=worst[:num], batch_size=batch_size, progress=progress)
+  if grid > 0:
+    paths.append(render_contact_sheet(float_p, dataset, os.path.join(out_dir, "grid_worst_float.png"),
+                                      indices=worst[:grid], select="worst", batch_size=batch_size,
+                                      progress=progress))
+  return paths

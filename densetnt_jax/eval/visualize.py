@@ -255,8 +255,10 @@ def _goal_colorbar(fig, mappable, ax, floor: float, fontsize: float, location: s
 
 
 def goal_log_norm(probs_M, *, floor: float = GOAL_FLOOR) -> mcolors.LogNorm:
-  """Log colour scale from `floor` to the largest probability (at least 10 x floor)."""
-  vmax = max([floor * 10] + [float(np.max(p)) for p in np.atleast_1d(probs_M) if np.size(p)])
+  """Log colour scale from `floor` to the largest probability (at least 10 x floor); `probs_M` may be a list
+  of arrays (several panels sharing one scale)."""
+  arrays = probs_M if isinstance(probs_M, (list, tuple)) else [probs_M]
+  vmax = max([floor * 10] + [float(np.max(p)) for p in arrays if np.size(p)])
   return mcolors.LogNorm(vmin=floor, vmax=vmax)
 
 
@@ -314,7 +316,7 @@ def stage_comparison_figure(scene: Scene, preds_by_stage: dict[str, dict], *, vi
   stages = list(preds_by_stage)
   if not stages:
     raise ValueError("stage_comparison_figure needs at least one stage")
-  fig = _figure((panel_size * len(stages) + 1.0, panel_size + 1.5), dpi)
+  fig = _figure((panel_size * len(stages) + 1.0, panel_size + 1.6), dpi)
   norm, _ = _shared_norm(scene, [preds_by_stage[s] for s in stages], goal_floor)
   limits = None
   if view == "fit":
@@ -356,8 +358,9 @@ def _mode_table_below(ax, scene, pred: dict, miss_threshold: float, fontsize: fl
     handles.append(Line2D([], [], color=MODE_COLORS[r % len(MODE_COLORS)], lw=2.6 if is_best else 1.4,
                           marker="o", markersize=5, markeredgecolor="k", markeredgewidth=2.0 if is_best else 0.6,
                           label=label))
-  ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=fontsize,
-            frameon=False, prop={"family": "monospace", "size": fontsize}, handlelength=1.5, columnspacing=1.0)
+  ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=fontsize,
+            frameon=False, prop={"family": "monospace", "size": fontsize}, handlelength=1.2, columnspacing=0.8,
+            handletextpad=0.4, borderaxespad=0.0)
 
 
 def contact_sheet_figure(scenes: list[Scene], preds: list[dict], *, titles: list[str] | None = None,
