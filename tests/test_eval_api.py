@@ -1,5 +1,6 @@
 """Evaluation driver, leaderboard file and the Predictor API on a tiny trained model (real scenes)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 import densetnt_jax
 from conftest import ROOT, load_config, pack_real_subset
+from densetnt_jax.data.pack import split_lmdb_path
 from densetnt_jax.data.scene import to_city_frame
 from densetnt_jax.eval.evaluate import evaluate, format_table
 from densetnt_jax.eval.leaderboard import read_leaderboard_h5
@@ -40,6 +42,10 @@ def test_evaluate_writes_metrics_and_leaderboard(run, tmp_path):
   assert result["constant_velocity"]["minFDE_k6"] == result["constant_velocity"]["minFDE_k1"]
   saved = json.loads((workdir / "eval_float.json").read_text())
   assert saved["model"] == result["model"]
+  # Which data the numbers are on: the split, the LMDB dir and the split's LMDB.
+  assert saved["split"] == "val"
+  assert saved["lmdb_dir"] == os.path.abspath(config.data.lmdb_dir)
+  assert saved["lmdb_path"] == os.path.abspath(split_lmdb_path(config.data.lmdb_dir, "val"))
   assert "const. velocity" in format_table([result])
   trajs, probs = read_leaderboard_h5(str(h5))
   predictor = densetnt_jax.load(workdir, "float", config=config)
@@ -76,3 +82,18 @@ def test_eval_cli_prints_the_table(run):
       capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "minFDE_k6" in proc.stdout and "const. velocity" in proc.stdout
+
+
+def test_infer_cli_contact_sheet_and_a_missing_stage(run, tmp_path):
+  config, workdir, _ = run
+  base = [sys.executable, str(ROOT / "bin" / "infer.py"), f"--config={ROOT / 'configs' / 'argo.py'}:tiny",
+          f"--config.data.lmdb_dir={config.data.lmdb_dir}", f"--workdir={workdir}", f"--save-path={tmp_path}",
+          "--batch-size=4"]
+  proc = subprocess.run(base + ["--grid=4", "--select=worst"], capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["grid_worst_float.png"]   # --grid alone: the sheet only
+  proc = subprocess.run(base + ["--stages=float,int", "--num=1"], capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "error: no integer program" in proc.stderr and "--stage=int" in proc.stderr   # and how to make it
