@@ -6,7 +6,8 @@ renders its predictions; then the quantization stages (calibration, QAT, convers
 each evaluated on val; then deployment: the model checker's verdict against config.target, the compiled
 artifact with its performance table, the float / QDQ / int ONNX exports each checked in onnxruntime; the
 align_bpu check (QAT vs int, and the artifact and int ONNX vs the interpreter) on a few board batches, and the
-table of all four stages. Every step resumes: a second run reuses what the first one wrote.
+table of all four stages; last, the pictures (WORKDIR/pictures: training curves, stage bars, the worst val
+scenes, float vs int, a contact sheet). Every step resumes: a second run reuses what the first one wrote.
 
   python bin/demo.py [--config=configs/argo.py:demo] [--config.train.epochs=...] [--quant=False]
 """
@@ -74,7 +75,7 @@ def describe(datasets, cfg) -> None:
   for i in range(3):
     scene = datasets["val"][i]
     path = os.path.join(out, f"{int(scene.seq_id)}.png")
-    save_scene_png(path, scene, title=f"synthetic seq {int(scene.seq_id)}")
+    save_scene_png(path, scene, title=f"synthetic seq {int(scene.seq_id)}", view="full")
     print(f"wrote {path}")
 
 
@@ -100,6 +101,15 @@ def main(argv):
   print(f"wrote {len(paths)} PNGs to {os.path.dirname(paths[0])}")
   if FLAGS.quant:
     quantization_stages(cfg, [result])
+  pictures(cfg)
+
+
+def pictures(cfg) -> None:
+  """The pictures a person reads first: curves, stage bars, the worst scenes, float vs int, a contact sheet."""
+  from densetnt_jax.eval.infer import write_pictures
+  step(f"pictures -> {cfg.workdir}/pictures")
+  for path in write_pictures(cfg, cfg.workdir):
+    print(f"wrote {path}")
 
 
 def quantization_stages(cfg, results: list) -> None:

@@ -20,6 +20,8 @@ flags.DEFINE_string("lmdb", None, "A packed split, e.g. data/synthetic_lmdb/val_
 flags.DEFINE_integer("index", 0, "Scene index in --lmdb.")
 flags.DEFINE_integer("seq_id", None, "Sequence id in --lmdb (instead of --index).")
 flags.DEFINE_string("out", "scene.png", "Output PNG.")
+flags.DEFINE_enum("view", "full", ["full", "fit"], "full: the whole vectorized scene; fit: the agent's history "
+                  "and GT future with a margin.")
 config_flags.DEFINE_config_file("config", "configs/argo.py", "Config whose `data` section sets vectorization.")
 FLAGS = flags.FLAGS
 
@@ -36,7 +38,7 @@ def main(argv):
     ds = ArgoverseDataset(FLAGS.lmdb, data)
     scene = ds.by_seq_id(FLAGS.seq_id) if FLAGS.seq_id is not None else ds[FLAGS.index]
   title = f"seq {int(scene.seq_id)} ({decode_city(scene.city_code)})"
-  save_scene_png(FLAGS.out, scene, title=title)
+  save_scene_png(FLAGS.out, scene, title=title, view=FLAGS.view)
   print(f"wrote {FLAGS.out}: {title}, {int(scene.traj_mask_T.sum())} tracks, {int(scene.lane_mask_L.sum())} "
         f"lanes, {int(scene.goal_mask_G.sum())} goal candidates")
 

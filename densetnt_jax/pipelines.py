@@ -3,7 +3,8 @@
 `run_real(config)`: the real-traffic data set (`data/real_layout.py`: the Argoverse 1.1 sample + the 2,924-scene
 archive), packed; the float model trained; calibration, QAT and the integer program; every stage evaluated on
 real val (and `val_large`) beside constant velocity; then the deployment checks on real data (model checker,
-compiled artifact, int ONNX bit-exactness, align_bpu). A second run reuses what the first wrote.
+compiled artifact, int ONNX bit-exactness, align_bpu); last, the pictures in WORKDIR/pictures. A second run
+reuses what the first wrote.
 """
 from __future__ import annotations
 
@@ -62,6 +63,16 @@ def stage_tables(config, workdir: str, splits: tuple, stages: tuple = STAGES) ->
   return tables
 
 
+def write_pictures(config, workdir: str) -> list[str]:
+  """WORKDIR/pictures (`eval.infer.write_pictures`): training curves, stage bars, the worst val scenes, float
+  vs int, a contact sheet."""
+  from densetnt_jax.eval.infer import write_pictures as _write
+  step(f"pictures -> {workdir}/pictures")
+  paths = _write(config, workdir)
+  print("\n".join(f"wrote {p}" for p in paths))
+  return paths
+
+
 def deployment_checks(config, workdir: str, *, align_batches: int = -1, export_batches: int = 2) -> dict[str, int]:
   """Model checker, compile + perf, int ONNX (bit-exact vs the interpreter), align_bpu: {check: exit status}."""
   from densetnt_jax.deploy import checker, onnx_export, perf
@@ -80,7 +91,8 @@ def deployment_checks(config, workdir: str, *, align_batches: int = -1, export_b
 
 def run_real(config, *, sample_dir: str, archive: str, heldout: int = 400, large_split: str = "val_large",
              deploy: bool = True) -> dict:
-  """`make real`: data, the four stages, their tables on real val (and `large_split`), deployment checks."""
+  """`make real`: data, the four stages, their tables on real val (and `large_split`), deployment checks,
+  pictures."""
   start = time.perf_counter()
   prepare_real_data(config, sample_dir=sample_dir, archive=archive, heldout=heldout)
   workdir = config.workdir
@@ -88,10 +100,11 @@ def run_real(config, *, sample_dir: str, archive: str, heldout: int = 400, large
   seconds = run_stages(config, workdir)
   tables = stage_tables(config, workdir, (config.data.val_split, large_split))
   status = deployment_checks(config, workdir) if deploy else {}
+  pictures = write_pictures(config, workdir)
   step(f"done in {(time.perf_counter() - start) / 60:.1f} min")
   for split, results in tables.items():
     from densetnt_jax.eval.evaluate import format_table
     print(f"\n{split}:\n{format_table(results)}")
   if status:
     print("deployment checks: " + ", ".join(f"{k} {'ok' if v == 0 else 'FAILED'}" for k, v in status.items()))
-  return dict(seconds=seconds, tables=tables, status=status)
+  return dict(seconds=seconds, tables=tables, status=status, pictures=pictures)
