@@ -105,7 +105,7 @@ def test_best_mode_miss_circle_and_title():
 
 
 def _map_axes(fig):
-  return [a for a in fig.axes if a.get_label() != "<colorbar>"]
+  return [a for a in fig.axes if a.get_label() not in ("<colorbar>", "<mode table>")]
 
 
 def test_stage_comparison_writes_one_panel_per_stage_on_shared_axes(tmp_path):
@@ -116,7 +116,7 @@ def test_stage_comparison_writes_one_panel_per_stage_on_shared_axes(tmp_path):
   path = visualize.save_figure(fig, tmp_path / "cmp.png")
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   axes = _map_axes(fig)
-  assert len(axes) == 2 and len(fig.axes) == 3   # two panels and one shared colour bar
+  assert len(axes) == 2 and len(fig.axes) == 5   # two maps, their two mode tables, one shared colour bar
   assert axes[0].get_xlim() == axes[1].get_xlim() and axes[0].get_ylim() == axes[1].get_ylim()
   for ax in axes:   # each panel's view holds both stages' predictions
     assert _inside(ax, float_pred["trajs_KxFx2"]) and _inside(ax, int_pred["trajs_KxFx2"])

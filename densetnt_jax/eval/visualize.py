@@ -131,15 +131,26 @@ def mode_errors(scene: Scene, trajs_KxFx2, probs_K, miss_threshold: float = 2.0)
           "fde_K": np.linalg.norm(trajs[:, -1] - gt_Fx2[-1], axis=-1)}
 
 
+def mode_spread(trajs_KxFx2) -> float:
+  """The largest distance between two modes' endpoints (m): near 0 when the modes collapse onto one path."""
+  ends_Kx2 = np.asarray(trajs_KxFx2, np.float64)[:, -1]
+  if len(ends_Kx2) < 2:
+    return 0.0
+  return float(np.max(np.linalg.norm(ends_Kx2[:, None] - ends_Kx2[None], axis=-1)))
+
+
 def scene_title(scene: Scene, *, stage: str | None = None, errors: dict | None = None,
-                short: bool = False) -> str:
-  """'seq 252 (PIT), float: minFDE_k6 3.41 m, MISS' (short: without the stage, for contact sheets)."""
+                spread: float | None = None) -> str:
+  """'seq 252 (PIT), float: minFDE_k6 3.41 m, MISS', and with `spread` a second line 'mode ends within 1.2 m'
+  (panels without a legend table)."""
   city = decode_city(scene.city_code)
   title = f"seq {int(scene.seq_id)}" + (f" ({city})" if city else "")
-  if stage and not short:
+  if stage:
     title += f", {stage}"
   if errors is not None:
     title += f": minFDE_k6 {errors['fde']:.2f} m, " + ("MISS" if errors["miss"] else "hit")
+  if spread is not None:
+    title += f"\nmode ends within {spread:.1f} m"
   return title
 
 
@@ -217,9 +228,7 @@ def draw_scene(ax, scene: Scene, *, prediction_trajs_KxFx2=None, prediction_prob
         label += f"  FDE {errors['fde_K'][j]:5.1f}" + ("  best" if is_best else "")
       mode_handles.append(Line2D([], [], color=color, lw=2.6 if is_best else 1.4, marker="o", markersize=6,
                                  markeredgecolor="k", markeredgewidth=2.0 if is_best else 0.6, label=label))
-    ends_Kx2 = preds_KxFx2[:, -1]
-    spread = float(np.max(np.linalg.norm(ends_Kx2[:, None] - ends_Kx2[None], axis=-1))) if num_modes else 0.0
-    mode_title = f"K={num_modes} modes, ends within {spread:.1f} m"
+    mode_title = f"K={num_modes} modes, ends within {mode_spread(preds_KxFx2):.1f} m"
 
   if limits is None:
     if view == "fit":
@@ -316,7 +325,7 @@ def stage_comparison_figure(scene: Scene, preds_by_stage: dict[str, dict], *, vi
   stages = list(preds_by_stage)
   if not stages:
     raise ValueError("stage_comparison_figure needs at least one stage")
-  fig = _figure((panel_size * len(stages) + 1.0, panel_size + 1.6), dpi)
+  fig = _figure((panel_size * len(stages) + 1.0, panel_size + 1.9), dpi)
   norm, _ = _shared_norm(scene, [preds_by_stage[s] for s in stages], goal_floor)
   limits = None
   if view == "fit":
@@ -328,13 +337,20 @@ def stage_comparison_figure(scene: Scene, preds_by_stage: dict[str, dict], *, vi
       pts.append(view_points(scene, prediction_trajs_KxFx2=kw.get("prediction_trajs_KxFx2"), goals_Mx2=g,
                              probs_M=p))
     limits = fit_view(np.concatenate(pts))
-  axes = fig.subplots(1, len(stages), sharex=True, sharey=True, squeeze=False)[0]
+  # Two rows: the maps (shared axes), and under each an empty axes holding its mode table, so the layout
+  # engine sizes the tables (a legend hung below an equal-aspect axes falls off the figure).
+  grid = fig.add_gridspec(2, len(stages), height_ratios=(panel_size, 0.6))
+  axes = [fig.add_subplot(grid[0, 0])]
+  axes += [fig.add_subplot(grid[0, i], sharex=axes[0], sharey=axes[0]) for i in range(1, len(stages))]
   sc = None
   for ax, s in zip(axes, stages):
     draw_scene(ax, scene, **prediction_kwargs(preds_by_stage[s]), stage=s, view=view, limits=limits,
                goal_floor=goal_floor, goal_norm=norm, miss_threshold=miss_threshold, legend=False,
                colorbar=False)
-    _mode_table_below(ax, scene, preds_by_stage[s], miss_threshold)
+    table_ax = fig.add_subplot(grid[1, stages.index(s)])
+    table_ax.set_axis_off()
+    table_ax.set_label("<mode table>")
+    _mode_table(table_ax, scene, preds_by_stage[s], miss_threshold)
     sc = sc or next((c for c in ax.collections if c.get_array() is not None), None)
   if sc is not None:
     _goal_colorbar(fig, sc, list(axes), goal_floor, 8)
@@ -342,8 +358,8 @@ def stage_comparison_figure(scene: Scene, preds_by_stage: dict[str, dict], *, vi
   return fig
 
 
-def _mode_table_below(ax, scene, pred: dict, miss_threshold: float, fontsize: float = 7) -> None:
-  """The modes' legend table under a panel (rank, probability, FDE, best), in the panel's mode colours."""
+def _mode_table(ax, scene, pred: dict, miss_threshold: float, fontsize: float = 7) -> None:
+  """The modes' legend table (rank, probability, FDE, best) in the mode colours, filling `ax`."""
   kw = prediction_kwargs(pred)
   trajs, probs = kw.get("prediction_trajs_KxFx2"), kw.get("prediction_probs_K")
   if trajs is None:
@@ -358,7 +374,8 @@ def _mode_table_below(ax, scene, pred: dict, miss_threshold: float, fontsize: fl
     handles.append(Line2D([], [], color=MODE_COLORS[r % len(MODE_COLORS)], lw=2.6 if is_best else 1.4,
                           marker="o", markersize=5, markeredgecolor="k", markeredgewidth=2.0 if is_best else 0.6,
                           label=label))
-  ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=fontsize,
+  ax.legend(handles=handles, loc="upper center", ncol=3, fontsize=fontsize,
+            title=f"K={len(trajs)} modes, ends within {mode_spread(trajs):.1f} m", title_fontsize=fontsize,
             frameon=False, prop={"family": "monospace", "size": fontsize}, handlelength=1.2, columnspacing=0.8,
             handletextpad=0.4, borderaxespad=0.0)
 
@@ -382,7 +399,8 @@ def contact_sheet_figure(scenes: list[Scene], preds: list[dict], *, titles: list
       continue
     kw = prediction_kwargs(preds[i])
     errors = mode_errors(scenes[i], kw.get("prediction_trajs_KxFx2"), kw.get("prediction_probs_K"), miss_threshold)
-    title = titles[i] if titles else scene_title(scenes[i], errors=errors, short=True)
+    spread = None if kw.get("prediction_trajs_KxFx2") is None else mode_spread(kw["prediction_trajs_KxFx2"])
+    title = titles[i] if titles else scene_title(scenes[i], errors=errors, spread=spread)
     draw_scene(ax, scenes[i], **kw, title=title, view=view, goal_floor=goal_floor, miss_threshold=miss_threshold,
                legend=False, colorbar=False, fontsize=6)
     ax.set_xlabel("")
