@@ -27,6 +27,7 @@ flags.DEFINE_enum("view", "fit", list(VIEWS), "fit: the agent, GT, predictions a
                   "full: the whole vectorized scene (50 m around the agent).")
 flags.DEFINE_integer("max_scenes", -1, "--select=worst scores the first this many scenes (all when <= 0).")
 flags.DEFINE_integer("batch_size", 16, "Prediction batch size.")
+flags.DEFINE_integer("dpi", None, "PNG resolution (default: 100 for scenes, 90 for the grid).")
 flags.DEFINE_string("workdir", None, "Training workdir (default: config.workdir).")
 flags.DEFINE_string("split", None, "Packed split (default: config.data.val_split).")
 config_flags.DEFINE_config_file("config", "configs/argo.py", "Experiment config.", lock_config=True)
@@ -47,7 +48,7 @@ def _draw(stages, num) -> int:
   try:
     paths = run(FLAGS.config, FLAGS.workdir or FLAGS.config.workdir, FLAGS.save_path, stages=stages, num=num,
                 grid=FLAGS.grid, select=FLAGS.select, seed=FLAGS.seed, view=FLAGS.view, split=FLAGS.split,
-                batch_size=FLAGS.batch_size, max_scenes=FLAGS.max_scenes)
+                batch_size=FLAGS.batch_size, max_scenes=FLAGS.max_scenes, dpi=FLAGS.dpi)
     print(f"wrote {len(paths)} PNGs to {FLAGS.save_path}")
   except ValueError as e:   # a bad input (e.g. an empty split): one line
     raise SystemExit(f"error: {e}") from None

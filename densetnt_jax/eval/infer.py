@@ -11,8 +11,10 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
+from densetnt_jax.data.scene import Scene
 from densetnt_jax.eval.metrics import per_sequence_errors
-from densetnt_jax.eval.visualize import (contact_sheet_figure, save_figure, scene_figure, stage_comparison_figure)
+from densetnt_jax.eval.visualize import (contact_sheet_figure, prediction_kwargs, save_figure, scene_figure,
+                                         stage_comparison_figure)
 
 SELECTIONS = ("first", "worst", "random")
 
@@ -66,7 +68,6 @@ def select_scenes(predictor, dataset, num: int, *, how: str = "first", seed: int
 def predict_indices(predictor, dataset, indices, *, batch_size: int = 16) -> tuple[list, list[dict]]:
   """(scenes, one prediction dict per scene) for dataset `indices`, in batches of `batch_size` padded with
   empty rows (one compiled shape, the same as `scene_errors`)."""
-  from densetnt_jax.data.scene import Scene
   scenes, preds = [], []
   indices = np.asarray(indices, np.int64)
   for start in range(0, len(indices), batch_size):
@@ -90,14 +91,9 @@ def render_predictions(predictor, dataset, save_path: str, *, num: int = 10, bat
   scenes, preds = predict_indices(predictor, dataset, indices, batch_size=batch_size)
   paths = []
   for scene, pred in tqdm(list(zip(scenes, preds)), desc="draw", disable=not progress, unit="scene"):
-    fig = scene_figure(scene, **_kwargs(pred), stage=predictor.stage, view=view, dpi=dpi)
+    fig = scene_figure(scene, **prediction_kwargs(pred), stage=predictor.stage, view=view, dpi=dpi)
     paths.append(save_figure(fig, os.path.join(save_path, f"{int(scene.seq_id)}.png")))
   return paths
-
-
-def _kwargs(pred: dict) -> dict:
-  from densetnt_jax.eval.visualize import prediction_kwargs
-  return prediction_kwargs(pred)
 
 
 def render_stage_comparison(predictors: list, dataset, save_path: str, *, num: int = 4, batch_size: int = 16,
@@ -140,7 +136,7 @@ def render_contact_sheet(predictor, dataset, path: str, *, num: int = 9, batch_s
 
 def run(config, workdir: str, save_path: str, *, stages=("float",), num: int = 10, grid: int = 0,
         select: str = "first", seed: int = 0, view: str = "fit", split: str | None = None, batch_size: int = 16,
-        max_scenes: int = -1, progress: bool = True) -> list[str]:
+        max_scenes: int = -1, dpi: int | None = None, progress: bool = True) -> list[str]:
   """What `bin/infer.py` does: for one stage, `num` scene PNGs; for several, `num` stage comparisons; with
   `grid` > 0 also `save_path/grid_<select>_<stage>.png` (the first stage). Scenes are chosen once (`select`,
   by the first stage) and shared by every picture. Returns the paths written."""
@@ -154,17 +150,17 @@ def run(config, workdir: str, save_path: str, *, stages=("float",), num: int = 1
     raise ValueError(f"{dataset.path} holds no scenes")
   indices = select_scenes(predictors[0], dataset, max(num, grid), how=select, seed=seed, batch_size=batch_size,
                           max_scenes=max_scenes, progress=progress)
-  paths = []
+  paths, dpi_kw = [], {} if dpi is None else {"dpi": dpi}
   if num > 0 and len(predictors) == 1:
     paths += render_predictions(predictors[0], dataset, save_path, indices=indices[:num], view=view,
-                                batch_size=batch_size, progress=progress)
+                                batch_size=batch_size, progress=progress, **dpi_kw)
   elif num > 0:
     paths += render_stage_comparison(predictors, dataset, save_path, indices=indices[:num], view=view,
-                                     batch_size=batch_size, progress=progress)
+                                     batch_size=batch_size, progress=progress, **dpi_kw)
   if grid > 0:
     paths.append(render_contact_sheet(predictors[0], dataset, os.path.join(save_path, f"grid_{select}_{stages[0]}.png"),
                                       indices=indices[:grid], select=select, seed=seed, view=view,
-                                      batch_size=batch_size, progress=progress))
+                                      batch_size=batch_size, progress=progress, **dpi_kw))
   return paths
 
 

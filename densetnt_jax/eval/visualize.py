@@ -188,6 +188,10 @@ def draw_scene(ax, scene: Scene, *, prediction_trajs_KxFx2=None, prediction_prob
 
   goals_Mx2, probs_M = heatmap_goals(scene, goal_scores_G=goal_scores_G, topk_goals_Nx2=topk_goals_Nx2,
                                      topk_logprobs_N=topk_logprobs_N, floor=goal_floor)
+  if goal_scores_G is None and topk_logprobs_N is None:   # no model: the candidates themselves, small grey
+    cand_Gx2 = np.asarray(scene.goals_Gx2)[np.asarray(scene.goal_mask_G, bool)]
+    ax.scatter(cand_Gx2[:, 0], cand_Gx2[:, 1], s=3, color="#7f7f7f", alpha=0.6, zorder=2)
+    handles.append(Line2D([], [], ls="", marker=".", color="#7f7f7f", label="goal candidates"))
   if len(goals_Mx2):
     norm = goal_norm or goal_log_norm(probs_M, floor=goal_floor)
     sc = ax.scatter(goals_Mx2[:, 0], goals_Mx2[:, 1], c=probs_M, s=12, cmap=GOAL_CMAP, norm=norm,
