@@ -97,3 +97,14 @@ def test_infer_cli_contact_sheet_and_a_missing_stage(run, tmp_path):
                         timeout=300)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "error: no integer program" in proc.stderr and "--stage=int" in proc.stderr   # and how to make it
+
+
+def test_write_pictures_without_an_int_stage(run, tmp_path):
+  from densetnt_jax.eval.infer import write_pictures
+  config, workdir, _ = run
+  paths = write_pictures(config, str(workdir), str(tmp_path), num=1, grid=2, batch_size=4)
+  names = sorted(os.path.relpath(p, tmp_path) for p in paths)
+  assert "curves.png" in names and "grid_worst_float.png" in names
+  assert len([n for n in names if n.startswith("scenes/")]) == 1
+  assert not [n for n in names if n.startswith("compare/")]   # no int program: no float-vs-int picture
+  assert all(os.path.getsize(p) > 5000 for p in paths)
