@@ -4,8 +4,8 @@ optimiser) at batch 64.
 
   python benchmarks/bench_dense.py [--reps 5]
 
-Full config (configs/argo.py) with random but valid inputs (bench_model.random_batch). "today" is the config
-with model.dense_seeds = 0 (HAT's sparse-only decoder); "dense" the config's own dense stage. Inference times
+Full config (configs/argo.py) with random but valid inputs (bench_model.random_batch). "today" is HAT's decoder
+(model.dense_seeds = 0, no lane scoring, NMS); "dense" the config's defaults (dense stage, lane scoring, fde). Inference times
 the whole predict step (encoder, goal scoring, top-k, completion, selection). Selection: `finish_prediction`
 alone on 150 top-k goals per scene. Best of clean runs, as bench_model (runs disturbed by other processes are
 discarded and counted).
@@ -61,7 +61,8 @@ def main():
   args = parser.parse_args()
   dense = _config()
   today = _config()
-  today.model.dense_seeds, today.postprocess.selection, today.postprocess.endpoint = 0, "nms", "model"
+  today.model.dense_seeds, today.model.lane_scoring = 0, False
+  today.postprocess.selection, today.postprocess.endpoint = "nms", "model"
   print(f"jax {jax.__version__}, {os.cpu_count()} CPUs; dense stage: {dense.model.dense_seeds} seeds, "
         f"{dense.model.dense_points} points, selection {dense.postprocess.selection}")
   rates = {name: model_rates(c, args.train_batch, args.predict_batch, args.reps)

@@ -60,11 +60,14 @@ def main():
   parser.add_argument("--train", action="store_true", help="train the variants' missing stages first")
   parser.add_argument("--splits", default="val,val_large", help="'' trains only")
   parser.add_argument("--runs", default="runs")
-  parser.add_argument("--stages", default="float,int", help="stages in the table (a missing one reads n/a)")
-  parser.add_argument("--variants", default=",".join(VARIANTS), help="the variants --train trains")
+  parser.add_argument("--stages", default="float,int", help="stages in the table (a variant's missing one is left out)")
+  parser.add_argument("--variants", default=",".join(VARIANTS), help="the variants trained and evaluated")
   parser.add_argument("--train_stages", default="float,calibration,qat,int", help="the stages --train runs")
   args = parser.parse_args()
-  from densetnt_jax.eval.evaluate import evaluate
+  import densetnt_jax
+  from densetnt_jax.data.loader import ArgoverseDataset
+  from densetnt_jax.data.pack import split_lmdb_path
+  from densetnt_jax.eval.evaluate import evaluate_dataset
   from densetnt_jax.pipelines import run_stages
   from densetnt_jax.train.checkpoint import quiet_orbax_logging
   quiet_orbax_logging()
@@ -77,27 +80,40 @@ def main():
       run_stages(real_config(v), workdir[v], tuple(missing))
   if not args.splits:
     return
-  results = {}
+  path = os.path.join(args.runs, "ablation_real.json")
+  results = json.load(open(path)) if os.path.exists(path) else {}   # rows of variants not re-run are kept
   for split in args.splits.split(","):
-    cv = None
-    lines = [f"{split}: {'':40s}" + "".join(f"{k:>16s}" for k in KEYS)]
     for name, variant, selection, endpoint in ROWS:
+      if variant not in args.variants.split(","):
+        continue
       config = real_config(variant, selection, endpoint)
       for stage in args.stages.split(","):
-        if not os.path.isdir(os.path.join(workdir[variant], stage)):
-          lines.append(f"{name + ' [' + stage + ']':48s}" + "".join(f"{'n/a':>16s}" for _ in KEYS))
+        if not os.path.exists(os.path.join(workdir[variant], stage, "program" if stage == "int" else "best")):
           continue
-        r = evaluate(config, workdir[variant], stage=stage, split=split, progress=False)
-        cv = r["constant_velocity"]
+        predictor = densetnt_jax.load(workdir[variant], stage=stage, config=config)
+        dataset = ArgoverseDataset(split_lmdb_path(config.data.lmdb_dir, split), config.data)
+        r = evaluate_dataset(predictor, dataset, batch_size=config.train.eval_batch_size, progress=False)
         results[f"{split}/{name}/{stage}"] = r["model"]
-        lines.append(f"{name + ' [' + stage + ']':48s}" + "".join(f"{r['model'][k]:16.3f}" for k in KEYS))
-        print(lines[-1], flush=True)
-    lines.append(f"{'constant velocity':48s}" + "".join(f"{cv[k]:16.3f}" for k in KEYS))
-    print("\n".join(lines), flush=True)
-    results[f"{split}/constant_velocity"] = cv
-  with open(os.path.join(args.runs, "ablation_real.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print(f"wrote {os.path.join(args.runs, 'ablation_real.json')}")
+        results[f"{split}/constant velocity/float"] = r["constant_velocity"]
+        print(f"{split} {name} [{stage}]: " + ", ".join(f"{k} {r['model'][k]:.3f}" for k in KEYS), flush=True)
+      with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+  print(markdown_table(results, args.splits.split(",")))
+  print(f"wrote {path}")
+
+
+def markdown_table(results: dict, splits: list) -> str:
+  """The README's table: a row per (row, stage) present in `results`, constant velocity last, per split."""
+  out = []
+  for split in splits:
+    out += [f"\n{split}:\n", "| | stage | " + " | ".join(KEYS) + " |", "| --- | --- |" + " ---: |" * len(KEYS)]
+    for name in [r[0] for r in ROWS] + ["constant velocity"]:
+      for stage in ("float", "int"):
+        m = results.get(f"{split}/{name}/{stage}")
+        if m:
+          out.append(f"| {name} | {stage if name != 'constant velocity' else ''} | "
+                     + " | ".join(f"{m[k]:.3f}" for k in KEYS) + " |")
+  return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -79,12 +79,10 @@ def calibrated_tiny(config) -> dict:
 @pytest.fixture(scope="session")
 def tiny_quant():
   """A calibrated tiny model and its integer program (`calibrated_tiny`), shared by the quantization and
-  deployment tests: HAT's decoder (sparse goals, NMS); `tiny_dense` has DenseTNT's dense stage and goal-set
-  selection."""
+  deployment tests: the tiny config's HAT decoder (sparse goals, NMS); `tiny_dense` has DenseTNT's dense stage
+  and goal-set selection."""
   config = load_config("tiny")
   config.model.depth, config.model.goal_offset = 1, False
-  config.model.dense_seeds, config.model.lane_scoring = 0, False
-  config.postprocess.selection, config.postprocess.endpoint = "nms", "model"
   return calibrated_tiny(config)
 
 
@@ -93,7 +91,7 @@ def tiny_dense():
   """`tiny_quant` with DenseTNT's dense goal stage (4 seeds, 40 dense points), lane scoring with attention to
   the top 4 lanes, the goal-set optimiser and the endpoint shift: the same keys."""
   config = load_config("tiny")
-  config.model.dense_seeds, config.model.dense_points, config.model.lane_scoring = 4, 40, True
+  config.model.dense_seeds, config.model.lane_scoring = 4, True
   config.model.lane_top_k = 4
   config.postprocess.selection, config.postprocess.endpoint = "mr", "shift"
   return calibrated_tiny(config)

@@ -196,8 +196,6 @@ def test_program_reproduces_fake_quant_codes_with_dense_ops(tiny_dense):
     assert set(codes) == set(codes_fq) == set(program.code_ops())
     for name in program.code_ops():
       np.testing.assert_array_equal(codes[name], codes_fq[name], err_msg=name)
-    fused = run_program(program, x, mode="fused")
-    jax.tree.map(np.testing.assert_array_equal, pred, fused)
 
 
 def test_checker_cost_model_and_artifact_handle_the_dense_ops(tiny_dense, tmp_path):

@@ -162,8 +162,9 @@ def test_empty_scene_and_nan_in_padding_stay_finite(tiny):
   assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-def test_unlabelled_scenes_contribute_nothing(tiny):
-  config, model, params, batch = tiny
+def test_unlabelled_scenes_contribute_nothing(tiny_dense):
+  config, model, params = tiny_dense["config"], tiny_dense["model"], tiny_dense["params"]
+  batch = tiny_dense["batches"][0]
   out = model.apply({"params": params}, batch, train=True)
   b = {k: np.array(v) for k, v in batch.items()}
   b["has_future"][1] = False
@@ -175,7 +176,7 @@ def test_unlabelled_scenes_contribute_nothing(tiny):
   sub = {k: v[keep] for k, v in b.items()}
   loss_sub, terms_sub = densetnt_loss(sub_out, sub, config.loss)
   np.testing.assert_allclose(loss, loss_sub, rtol=1e-6)
-  assert set(terms) == {"goal_ce", "traj_smooth_l1", "set_ce", "lane_ce"}   # the tiny config's dense + lanes
+  assert set(terms) == {"goal_ce", "traj_smooth_l1", "set_ce", "lane_ce"}   # dense goal set + lanes
   b["has_future"][:] = False
   loss0, _ = densetnt_loss(out, b, config.loss)
   assert float(loss0) == 0.0
@@ -183,12 +184,11 @@ def test_unlabelled_scenes_contribute_nothing(tiny):
 
 def test_goal_offset_head():
   config = load_config("tiny")
-  config.model.goal_offset = True
+  config.model.goal_offset, config.model.dense_seeds = True, 4
   batch = random_batch(np.random.default_rng(2), 2, 8, 16, 256)
   with pytest.raises(ValueError, match="goal_offset and the dense goal stage"):
     build_model(config).init(jax.random.key(0), batch, train=True)
-  config.model.dense_seeds, config.model.lane_scoring = 0, False      # the offset head is the sparse decoder's
-  config.postprocess.selection = "nms"                                # mode 0 = the best goal
+  config.model.dense_seeds = 0                                        # the offset head is the sparse decoder's
   model = build_model(config)
   params = model.init(jax.random.key(0), batch, train=True)["params"]
   out = model.apply({"params": params}, batch, train=True)
