@@ -34,8 +34,14 @@ ROWS = (
     ("+ endpoint snap", "hat", "nms", "snap"),
     ("+ selection mr", "hat", "mr", "model"),
     ("+ selection fde", "hat", "fde", "model"),
+    ("+ endpoint shift, selection mr", "hat", "mr", "shift"),
+    ("+ endpoint shift, selection fde", "hat", "fde", "shift"),
     ("+ dense goals", "dense", "nms", "model"),
+    ("+ dense goals, endpoint shift, selection fde", "dense", "fde", "shift"),
+    ("+ dense goals, endpoint shift, selection mr", "dense", "mr", "shift"),
     ("+ lane scoring", "lane", "nms", "model"),
+    ("+ lane scoring, endpoint shift, selection fde", "lane", "fde", "shift"),
+    ("+ lane scoring, endpoint shift, selection mr", "lane", "mr", "shift"),
     ("all: dense, lane, fde, shift (default)", "all", "fde", "shift"),
     ("all, selection mr", "all", "mr", "shift"),
 )
@@ -62,6 +68,7 @@ def main():
   parser.add_argument("--runs", default="runs")
   parser.add_argument("--stages", default="float,int", help="stages in the table (a variant's missing one is left out)")
   parser.add_argument("--variants", default=",".join(VARIANTS), help="the variants trained and evaluated")
+  parser.add_argument("--redo", action="store_true", help="re-evaluate rows already in runs/ablation_real.json")
   parser.add_argument("--train_stages", default="float,calibration,qat,int", help="the stages --train runs")
   args = parser.parse_args()
   import densetnt_jax
@@ -89,6 +96,8 @@ def main():
       config = real_config(variant, selection, endpoint)
       for stage in args.stages.split(","):
         if not os.path.exists(os.path.join(workdir[variant], stage, "program" if stage == "int" else "best")):
+          continue
+        if f"{split}/{name}/{stage}" in results and not args.redo:
           continue
         predictor = densetnt_jax.load(workdir[variant], stage=stage, config=config)
         dataset = ArgoverseDataset(split_lmdb_path(config.data.lmdb_dir, split), config.data)
