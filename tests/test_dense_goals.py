@@ -2,6 +2,7 @@
 float reference and their fake-quant twins, the model's goal set and its losses (set and lane labels), and the
 new ops through the integer program, the checker, the cost model, the artifact and the int ONNX export."""
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,7 @@ def test_goal_set_is_sparse_then_dense_from_the_best_seeds(tiny_dense):
     logits, logp, _ = mdl.decoder.score_goals(enc, goals, m, lanes)
     return mdl.decoder.goal_set(enc, goals, m, logits, logp, lanes), logits
 
-  gs, logits = model.apply({"params": params}, _inputs(batch), method=goal_set)
+  gs, logits = jax.jit(lambda p, x: model.apply({"params": p}, x, method=goal_set))(params, _inputs(batch))
   g = batch["goals_Gx2"].shape[1]
   assert gs.goals_BxUx2.shape == (4, g + dec.dense_points, 2) and gs.mask_BxU.shape == (4, g + dec.dense_points)
   np.testing.assert_allclose(np.exp(np.where(gs.mask_BxU, gs.logprobs_BxU, -np.inf)).sum(-1), 1.0, rtol=1e-5)
@@ -145,16 +146,16 @@ def test_goal_set_is_sparse_then_dense_from_the_best_seeds(tiny_dense):
 def test_set_and_lane_losses_use_the_nearest_goal_and_lane(tiny_dense):
   model, params, batch = tiny_dense["model"], tiny_dense["params"], tiny_dense["batches"][0]
   config = tiny_dense["config"]
-  out = model.apply({"params": params}, batch, train=True)
-  loss, terms = densetnt_loss(out, batch, config.loss)
+  out, (loss, terms) = jax.jit(lambda p, b: (o := model.apply({"params": p}, b, train=True),
+                                              densetnt_loss(o, b, config.loss)))(params, batch)
   assert set(terms) == {"goal_ce", "traj_smooth_l1", "set_ce", "lane_ce"}
   end = batch["future_Fx2"][:, -1]
   d = np.linalg.norm(np.asarray(out.set_goals_BxUx2) - end[:, None], axis=-1)
   label = np.argmin(np.where(out.set_mask_BxU, d, np.inf), axis=1)
   want = -np.take_along_axis(np.asarray(out.set_logprobs_BxU), label[:, None], 1).mean()
   assert float(terms["set_ce"]) == pytest.approx(want, rel=1e-5)
-  grads = jax.grad(lambda p: densetnt_loss(model.apply({"params": p}, batch, train=True), batch,
-                                           config.loss)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: densetnt_loss(model.apply({"params": p}, batch, train=True), batch,
+                                                   config.loss)[0]))(params)
   assert float(jnp.abs(grads["decoder"]["lane_out"]["kernel"]).sum()) > 0
 
 
@@ -163,7 +164,8 @@ def test_lane_attention_needs_lane_scoring(tiny_dense):
   config = tiny_dense["config"].copy_and_resolve_references()
   config.model.lane_scoring = False
   with pytest.raises(ValueError, match="lane_top_k"):
-    build_model(config).init(jax.random.key(0), tiny_dense["batches"][0], train=True)
+    jax.eval_shape(functools.partial(build_model(config).init, train=True), jax.random.key(0),
+                   tiny_dense["batches"][0])
 
 
 def test_nearest_lane_measures_to_the_centerline_segments():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import load_config
+from conftest import init_params, load_config
 
 from densetnt_jax.data.scene import MODEL_INPUT_FIELDS
 from densetnt_jax.model import build_model, densetnt_loss, nms_select, primitives as P, select_modes
@@ -50,7 +50,7 @@ def tiny():
   model = build_model(config)
   batch = random_batch(np.random.default_rng(0), 4, config.data.max_traj_num, config.data.max_lane_num,
                        config.data.max_goals_num)
-  params = model.init(jax.random.key(0), batch, train=True)["params"]
+  params = init_params(model, batch)
   return config, model, params, batch
 
 
@@ -187,10 +187,10 @@ def test_goal_offset_head():
   config.model.goal_offset, config.model.dense_seeds = True, 4
   batch = random_batch(np.random.default_rng(2), 2, 8, 16, 256)
   with pytest.raises(ValueError, match="goal_offset and the dense goal stage"):
-    build_model(config).init(jax.random.key(0), batch, train=True)
+    jax.eval_shape(functools.partial(build_model(config).init, train=True), jax.random.key(0), batch)
   config.model.dense_seeds = 0                                        # the offset head is the sparse decoder's
   model = build_model(config)
-  params = model.init(jax.random.key(0), batch, train=True)["params"]
+  params = init_params(model, batch)
   out = model.apply({"params": params}, batch, train=True)
   assert out.offsets_BxGx2.shape == (2, 256, 2)
   loss, terms = densetnt_loss(out, batch, config.loss)
