@@ -4,7 +4,7 @@ own, and all together, float and int, on real val (99) and val_large (499), besi
   python bin/ablation_real.py [--train] [--splits val,val_large] [--runs runs]      # or: make ablation
 
 Each trained variant is a workdir (configs/argo.py:real with the variant's overrides; "all" is the config as
-it is, `make real`'s runs/real); `--train` runs its missing stages (float, calibration, QAT, int: 25-45 min
+it is, `make real`'s runs/real); `--train` runs its missing stages (float, calibration, QAT, int: 15-20 min
 per variant on 2 cores). Every variant trains with the same schedule; its validation (which picks the best
 checkpoint) uses the variant's own post-processing.
 Post-processing rows (endpoint, selection) reuse a variant's checkpoints and program with other
