@@ -198,6 +198,8 @@ def test_program_reproduces_fake_quant_codes_with_dense_ops(tiny_dense):
     assert set(codes) == set(codes_fq) == set(program.code_ops())
     for name in program.code_ops():
       np.testing.assert_array_equal(codes[name], codes_fq[name], err_msg=name)
+      lo, hi = A.qrange(program.op(name).bits)                                # codes stay in their ranges
+      assert lo <= int(np.min(codes[name])) and int(np.max(codes[name])) <= hi, name
 
 
 def test_checker_cost_model_and_artifact_handle_the_dense_ops(tiny_dense, tmp_path):

@@ -1,7 +1,8 @@
 """The quantized model on tiny-config shapes (conftest.tiny_quant: depth 1, no goal offsets): calibration,
 fake-quant (QAT), the integer program and its interpreter. Random init, 3 calibration batches of random-but-valid
 scenes (test_model.random_batch), the config's int16 globs (mixed precision). Compiles dominate: one observe step, one
-QAT step (outputs and gradients from one jit), one fake-quant predict, the program at batch 4 and at batch 1."""
+QAT step (outputs and gradients from one jit), the program at batch 4 and at batch 1. The program's codes
+against the fake-quant model's: tests/test_dense_goals.py (every op kind) and the align test in test_stages.py."""
 import jax
 import numpy as np
 import optax
@@ -9,7 +10,7 @@ import pytest
 
 from densetnt_jax.data.scene import MODEL_INPUT_FIELDS
 from densetnt_jax.model import densetnt_loss
-from densetnt_jax.quant import arith, calibrate, codes_by_name, load_program, run_program
+from densetnt_jax.quant import calibrate, load_program, run_program
 from densetnt_jax.quant.calibration import point_bits
 
 B, NUM_BATCHES = 4, 3
@@ -43,9 +44,7 @@ def qm(tiny_quant):
     updates, opt_state = optimizer.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state, loss, out, grads
 
-  fq_predict = jax.jit(lambda p, q, x: model.apply({"params": p, "quant": q}, x, method="predict",
-                                                   mutable=["intermediates"]))
-  return dict(tiny_quant, qat_step=qat_step, optimizer=optimizer, fq_predict=fq_predict)
+  return dict(tiny_quant, qat_step=qat_step, optimizer=optimizer)
 
 
 def test_quant_state_layout_and_code_widths(qm):
@@ -124,28 +123,6 @@ def test_fake_quant_close_to_float_and_qat_learns(qm):
     p, opt_state, loss, _, _ = qm["qat_step"](p, opt_state, quant, batch)
     losses.append(float(loss))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-
-
-def _codes_and_prediction(qm, inputs):
-  pred, inter = qm["fq_predict"](qm["params"], qm["quant"], inputs)
-  return pred, codes_by_name(inter["intermediates"])
-
-
-def test_program_reproduces_fake_quant_bit_for_bit(qm):
-  program = qm["program"]
-  for batch in qm["batches"][:2]:
-    x = _inputs(batch)
-    pred_fq, codes_fq = _codes_and_prediction(qm, x)
-    pred_int, codes_int = run_program(program, x, return_codes=True)
-    assert set(codes_fq) == set(codes_int) == set(program.code_ops())
-    for name in program.code_ops():
-      np.testing.assert_array_equal(codes_int[name], codes_fq[name], err_msg=name)
-    for field in pred_fq._fields:
-      np.testing.assert_array_equal(getattr(pred_int, field), getattr(pred_fq, field), err_msg=field)
-  # codes stay in their ranges, and the top-k goals and trajectories are real code grids
-  for name in program.code_ops():
-    lo, hi = arith.qrange(program.op(name).bits)
-    assert lo <= int(np.min(codes_int[name])) and int(np.max(codes_int[name])) <= hi, name
 
 
 def test_interpreter_is_reproducible_and_batch_independent(qm):
