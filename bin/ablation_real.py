@@ -48,6 +48,11 @@ ROWS = (
 KEYS = ("minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
+def has_stage(workdir: str, stage: str) -> bool:
+  """The stage's output exists: its program (int) or its best checkpoint."""
+  return os.path.exists(os.path.join(workdir, stage, "program" if stage == "int" else "best"))
+
+
 def real_config(variant: str, selection: str | None = None, endpoint: str | None = None):
   spec = importlib.util.spec_from_file_location("argo_config", ROOT / "configs" / "argo.py")
   module = importlib.util.module_from_spec(spec)
@@ -82,8 +87,7 @@ def main():
   if args.train:
     wanted = args.train_stages.split(",")
     for v in args.variants.split(","):
-      missing = [s for s in wanted if s == "float" or not os.path.exists(
-          os.path.join(workdir[v], s, "program" if s == "int" else "best"))]
+      missing = [s for s in wanted if s == "float" or not has_stage(workdir[v], s)]
       run_stages(real_config(v), workdir[v], tuple(missing))
   if not args.splits:
     return
@@ -95,7 +99,7 @@ def main():
         continue
       config = real_config(variant, selection, endpoint)
       for stage in args.stages.split(","):
-        if not os.path.exists(os.path.join(workdir[variant], stage, "program" if stage == "int" else "best")):
+        if not has_stage(workdir[variant], stage):
           continue
         if f"{split}/{name}/{stage}" in results and not args.redo:
           continue

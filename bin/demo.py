@@ -23,6 +23,7 @@ from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.synthetic import write_synthetic_city
 from densetnt_jax.eval.visualize import save_scene_png
+from densetnt_jax.pipelines import step, write_pictures
 
 flags.DEFINE_integer("num_train", 2000, "Synthetic train scenes.")
 flags.DEFINE_integer("num_val", 400, "Synthetic val scenes.")
@@ -33,10 +34,6 @@ flags.DEFINE_integer("export_batches", 2, "Val batches each ONNX export is compa
 flags.DEFINE_integer("align_batches", 4, "Val batches (of 30) the align_bpu check compares.")
 config_flags.DEFINE_config_file("config", "configs/argo.py:demo", "Experiment config.", lock_config=True)
 FLAGS = flags.FLAGS
-
-
-def step(title: str):
-  print(f"\n=== {title} ===", flush=True)
 
 
 def prepare_data(cfg) -> dict:
@@ -101,15 +98,7 @@ def main(argv):
   print(f"wrote {len(paths)} PNGs to {os.path.dirname(paths[0])}")
   if FLAGS.quant:
     quantization_stages(cfg, [result])
-  pictures(cfg)
-
-
-def pictures(cfg) -> None:
-  """The pictures a person reads first: curves, stage bars, the worst scenes, float vs int, a contact sheet."""
-  from densetnt_jax.eval.infer import write_pictures
-  step(f"pictures -> {cfg.workdir}/pictures")
-  for path in write_pictures(cfg, cfg.workdir):
-    print(f"wrote {path}")
+  write_pictures(cfg, cfg.workdir)   # the pictures a person reads first (the last step of make real too)
 
 
 def quantization_stages(cfg, results: list) -> None:

@@ -24,6 +24,11 @@ def _row(pred: dict, b: int) -> dict:
   return {k.replace("Bx", "", 1): np.asarray(v)[b] for k, v in pred.items()}
 
 
+def _padded_batch(dataset, rows, batch_size: int):
+  """The dataset rows as one batch padded with empty rows to `batch_size` (one compiled shape)."""
+  return dataset.make_batch(np.concatenate([rows, -np.ones(batch_size - len(rows), np.int64)]))
+
+
 def scene_errors(predictor, dataset, *, batch_size: int = 16, max_scenes: int = -1, miss_threshold: float = 2.0,
                  progress: bool = True) -> dict[str, np.ndarray]:
   """{'index_N', 'seq_id_N', 'fde_N', 'miss_N'}: the predictor's K=6 minFDE of each scene with a GT future
@@ -34,7 +39,7 @@ def scene_errors(predictor, dataset, *, batch_size: int = 16, max_scenes: int = 
   with tqdm(total=n, desc=f"score {predictor.stage}", disable=not progress, unit="scene") as bar:
     for start in range(0, n, batch_size):
       rows = order[start:start + batch_size]
-      batch = dataset.make_batch(np.concatenate([rows, -np.ones(batch_size - len(rows), np.int64)]))
+      batch = _padded_batch(dataset, rows, batch_size)
       pred = predictor.predict(batch)
       scored = np.flatnonzero(np.asarray(batch.has_future)[:len(rows)])
       if len(scored):
@@ -72,7 +77,7 @@ def predict_indices(predictor, dataset, indices, *, batch_size: int = 16) -> tup
   indices = np.asarray(indices, np.int64)
   for start in range(0, len(indices), batch_size):
     rows = indices[start:start + batch_size]
-    batch = dataset.make_batch(np.concatenate([rows, -np.ones(batch_size - len(rows), np.int64)]))
+    batch = _padded_batch(dataset, rows, batch_size)
     pred = predictor.predict(batch)
     for b in range(len(rows)):
       scenes.append(Scene(*(np.asarray(a)[b] for a in batch)))
