@@ -14,7 +14,7 @@ import os
 import re
 import time
 
-from tqdm.auto import tqdm
+from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.argoverse import seq_id_from_path
 from densetnt_jax.data.errors import DataError
@@ -146,7 +146,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
     txn = env.begin(write=True)
     pending = 0
     try:
-      for path, key, value, problem in tqdm(results, total=len(jobs), desc=f"pack {mode}",
+      for path, key, value, problem in progress_bar(results, total=len(jobs), desc=f"pack {mode}",
                                             disable=not progress, unit="scene"):
         if problem is not None:
           summary.failed.append((path, problem))

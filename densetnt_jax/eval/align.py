@@ -15,7 +15,7 @@ import sys
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.eval.metrics import MetricsAccumulator
@@ -70,7 +70,7 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   if num_batches > 0:
     n_batches = min(n_batches, num_batches)
   seen, artifact_batches, artifact_differs = 0, 0, set()
-  for i, batch in enumerate(tqdm(dataset.batches(batch_size), total=n_batches, desc="align",
+  for i, batch in enumerate(progress_bar(dataset.batches(batch_size), total=n_batches, desc="align",
                                  disable=not progress, unit="batch")):
     if i >= n_batches:
       break

@@ -10,7 +10,7 @@ import os
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
+from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import split_lmdb_path
@@ -32,7 +32,7 @@ def evaluate_dataset(predictor, dataset: ArgoverseDataset, *, batch_size: int, m
   if max_batches > 0:
     n_batches = min(n_batches, max_batches)
   start, seen = time.perf_counter(), 0
-  for i, batch in enumerate(tqdm(dataset.batches(batch_size), total=n_batches, desc=f"eval {predictor.stage}",
+  for i, batch in enumerate(progress_bar(dataset.batches(batch_size), total=n_batches, desc=f"eval {predictor.stage}",
                                  disable=not progress, unit="batch")):
     if i >= n_batches:
       break

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from tqdm.auto import tqdm
+from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.scene import Scene
 from densetnt_jax.eval.metrics import per_sequence_errors
@@ -36,7 +36,7 @@ def scene_errors(predictor, dataset, *, batch_size: int = 16, max_scenes: int = 
   n = len(dataset) if max_scenes <= 0 else min(max_scenes, len(dataset))
   out = {"index_N": [], "seq_id_N": [], "fde_N": [], "miss_N": []}
   order = np.arange(n)
-  with tqdm(total=n, desc=f"score {predictor.stage}", disable=not progress, unit="scene") as bar:
+  with progress_bar(total=n, desc=f"score {predictor.stage}", disable=not progress, unit="scene") as bar:
     for start in range(0, n, batch_size):
       rows = order[start:start + batch_size]
       batch = _padded_batch(dataset, rows, batch_size)
@@ -95,7 +95,7 @@ def render_predictions(predictor, dataset, save_path: str, *, num: int = 10, bat
                             progress=progress)
   scenes, preds = predict_indices(predictor, dataset, indices, batch_size=batch_size)
   paths = []
-  for scene, pred in tqdm(list(zip(scenes, preds)), desc="draw", disable=not progress, unit="scene"):
+  for scene, pred in progress_bar(list(zip(scenes, preds)), desc="draw", disable=not progress, unit="scene"):
     fig = scene_figure(scene, **prediction_kwargs(pred), stage=predictor.stage, view=view, dpi=dpi)
     paths.append(save_figure(fig, os.path.join(save_path, f"{int(scene.seq_id)}.png")))
   return paths
@@ -113,11 +113,11 @@ def render_stage_comparison(predictors: list, dataset, save_path: str, *, num: i
     indices = select_scenes(predictors[0], dataset, num, how=select, seed=seed, batch_size=batch_size,
                             progress=progress)
   per_stage = {}
-  for p in tqdm(predictors, desc="predict stages", disable=not progress, unit="stage"):
+  for p in progress_bar(predictors, desc="predict stages", disable=not progress, unit="stage"):
     scenes, per_stage[p.stage] = predict_indices(p, dataset, indices, batch_size=batch_size)
   tag = "-".join(per_stage)
   paths = []
-  for i, scene in enumerate(tqdm(scenes, desc="draw", disable=not progress, unit="scene")):
+  for i, scene in enumerate(progress_bar(scenes, desc="draw", disable=not progress, unit="scene")):
     fig = stage_comparison_figure(scene, {s: preds[i] for s, preds in per_stage.items()}, view=view, dpi=dpi)
     paths.append(save_figure(fig, os.path.join(save_path, f"{int(scene.seq_id)}_{tag}.png")))
   return paths

@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
+from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import split_lmdb_path
@@ -291,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
             f"{latest.directory}; lower config.train.learning_rate or check the data", s)
     del pending[:upto]
 
-  bar = tqdm(total=total_steps, initial=step, desc=f"train {stage}", unit="step",
+  bar = progress_bar(total=total_steps, initial=step, desc=f"train {stage}", unit="step",
              disable=jax.process_index() != 0, dynamic_ncols=True)
   try:
     pending, window, window_start, wait_s = [], [], time.perf_counter(), 0.0
