@@ -22,14 +22,17 @@ def _records(path):
 
 @pytest.fixture(scope="module")
 def packed_train(argo_dir, config, tmp_path_factory):
+  """The real train split packed by 2 spawned workers (each parses the maps itself); the other packs of this
+  file run in-process and must give the same records."""
   out = tmp_path_factory.mktemp("pack")
-  summary = pack_split(argo_dir, "train", out, config.data, num_workers=2, progress=False)
+  summary = pack_split(argo_dir, "train", out, config.data, num_workers=2, progress=False, min_files_per_worker=1)
   return out, summary
 
 
 def test_pack_train_and_load_every_record(packed_train, argo_dir, config):
   out, summary = packed_train
   assert summary.packed == 244 and not summary.failed and summary.num_files == 244
+  assert summary.num_workers == 2 and not summary.warnings
   ds = ArgoverseDataset(split_lmdb_path(out, "train"), config.data)
   assert len(ds) == 244
   for i in range(len(ds)):

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import glob
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -171,9 +172,12 @@ def parse_vector_map_xml(path) -> dict[int, Lane]:
   nodes = {}
   for node in root.iter("node"):
     try:
-      nodes[node.attrib["id"]] = (float(node.attrib["x"]), float(node.attrib["y"]))
+      xy = (float(node.attrib["x"]), float(node.attrib["y"]))
     except (KeyError, ValueError):
       raise MapError(path, f"bad <node> {node.attrib}") from None
+    if not (math.isfinite(xy[0]) and math.isfinite(xy[1])):
+      raise MapError(path, f"<node> {node.attrib.get('id')!r} has non-finite coordinates {xy}")
+    nodes[node.attrib["id"]] = xy
   lanes: dict[int, Lane] = {}
   for way in root.iter("way"):
     if "lane_id" not in way.attrib:

@@ -7,18 +7,18 @@ partial batch when `drop_remainder=False`): they have no agent, no future and no
 from __future__ import annotations
 
 import glob
-import json
 import os
 import queue
 import threading
 from typing import Iterator
 
+import lmdb
 import numpy as np
 
 from densetnt_jax.data.errors import RecordError
 from densetnt_jax.data.lmdb_env import open_env
-from densetnt_jax.data.pack import META_KEY, record_key
-from densetnt_jax.data.record import decode_arrays, pad_into
+from densetnt_jax.data.pack import META_KEY, UNUSABLE_KEY, is_record_key, read_meta, read_unusable, record_key
+from densetnt_jax.data.record import FORMAT_VERSION, decode_arrays, pad_into
 from densetnt_jax.data.scene import Scene, shapes_from_config
 from densetnt_jax.data.vectorize import vectorize_settings
 
@@ -34,50 +34,88 @@ def shard_paths(path) -> list[str]:
   return shards
 
 
+SKIP_POLICIES = ("none", "train", "all")
+
+
 class ArgoverseDataset:
-  """A packed split. `data_config` sets the padded shapes; its vectorization settings must match the pack."""
+  """A packed split. `data_config` sets the padded shapes; its vectorization settings must match the pack.
+
+  Scenes the packer flagged as unusable (no lane, so no goal candidate, near the agent) are left out when
+  `data_config.skip_unusable_scenes` says so: "train" (the default) in the split named `data_config.train_split`
+  only, where they could only fill batch rows the loss masks out; "all" everywhere; "none" nowhere. `unusable`
+  holds every flagged scene {seq_id: why}, `skipped` those left out here.
+  """
 
   def __init__(self, path, data_config):
     self.path = str(path)
     self.shapes = shapes_from_config(data_config)
-    self._envs, keys, owners = [], [], []
+    policy = data_config.get("skip_unusable_scenes", "train")
+    if policy not in SKIP_POLICIES:
+      raise ValueError(f"config data.skip_unusable_scenes={policy!r}: expected one of {SKIP_POLICIES}")
+    self._envs, self._shards, ids, owners = [], shard_paths(self.path), [], []
+    self.unusable, self.skipped = {}, {}
     expected = vectorize_settings(data_config)
-    for i, shard in enumerate(shard_paths(self.path)):
+    for i, shard in enumerate(self._shards):
       env = open_env(shard)
       self._envs.append(env)
       with env.begin() as txn:
-        meta = txn.get(META_KEY)
+        meta = read_meta(txn, shard)
         if meta is None:
           raise RecordError(shard, "no __meta__ record: not written by bin/argoverse_packer.py")
-        packed = json.loads(meta)["vectorize"]
+        if meta.get("format_version") != FORMAT_VERSION:
+          raise RecordError(shard, f"packed with record format {meta.get('format_version')!r}, this code reads "
+                                   f"format {FORMAT_VERSION} (records now carry a checksum): re-pack it with "
+                                   "bin/argoverse_packer.py into a new directory")
+        packed = meta["vectorize"]
         diff = {k: (packed.get(k), v) for k, v in expected.items() if packed.get(k) != v}
         if diff:
           raise ValueError(f"{shard} was packed with other vectorization settings (packed, config): {diff}; "
                            "re-pack or set the config to match")
-        shard_keys = [bytes(k) for k in txn.cursor().iternext(values=False) if k != META_KEY]
-      keys += shard_keys
-      owners += [i] * len(shard_keys)
-    order = np.argsort(np.array(keys, dtype=object), kind="stable") if keys else np.zeros(0, np.int64)
-    self._keys = [keys[i] for i in order]
-    self._owner = np.asarray(owners, np.int32)[order] if keys else np.zeros(0, np.int32)
-    if len(set(self._keys)) != len(self._keys):
+        unusable = {int(k): why for k, why in read_unusable(txn, shard).items()}
+        skip = policy == "all" or (policy == "train" and meta.get("split") == data_config.train_split)
+        for key in txn.cursor().iternext(values=False):
+          key = bytes(key)
+          if key in (META_KEY, UNUSABLE_KEY):
+            continue
+          if not is_record_key(key):
+            raise RecordError(shard, f"key {key[:40]!r} is not a zero-padded sequence id: not written by "
+                                     "bin/argoverse_packer.py; re-pack")
+          seq_id = int(key)
+          if seq_id in unusable:
+            self.unusable[seq_id] = unusable[seq_id]
+            if skip:
+              self.skipped[seq_id] = unusable[seq_id]
+              continue
+          ids.append(seq_id)
+          owners.append(i)
+    ids_N = np.asarray(ids, np.int64)
+    order = np.argsort(ids_N, kind="stable")
+    self.seq_ids = ids_N[order]
+    self._owner = np.asarray(owners, np.int32)[order] if ids else np.zeros(0, np.int32)
+    if len(np.unique(self.seq_ids)) != len(self.seq_ids):
       raise RecordError(self.path, "the same sequence id is packed in several shards")
-    self.seq_ids = np.array([int(k) for k in self._keys], np.int64)
+    self._keys = [record_key(int(s)) for s in self.seq_ids]
     self._index_of = {int(s): i for i, s in enumerate(self.seq_ids)}
+    self._policy = policy
     self._txns = [env.begin(buffers=False) for env in self._envs]
 
   def __len__(self) -> int:
     return len(self._keys)
 
+  def _where(self, i: int) -> str:
+    return f"{self._shards[self._owner[i]]}:{self._keys[i].decode()}"
+
   def _arrays(self, i: int) -> dict[str, np.ndarray]:
-    key = self._keys[i]
-    raw = self._txns[self._owner[i]].get(key)
+    try:
+      raw = self._txns[self._owner[i]].get(self._keys[i])
+    except lmdb.Error as e:
+      raise RecordError(self._where(i), f"LMDB read failed ({type(e).__name__}: {e}); re-pack") from None
     if raw is None:
-      raise RecordError(f"{self.path}:{key.decode()}", "record listed but missing")
+      raise RecordError(self._where(i), "record listed but missing")
     try:
       return decode_arrays(raw)
-    except Exception as e:  # any malformed payload: msgpack, shapes, dtypes
-      raise RecordError(f"{self.path}:{key.decode()}", f"corrupt record ({type(e).__name__}: {e})") from None
+    except Exception as e:  # any malformed payload: checksum, msgpack, shapes, dtypes
+      raise RecordError(self._where(i), f"corrupt record ({type(e).__name__}: {e})") from None
 
   def __getitem__(self, i: int) -> Scene:
     if not -len(self) <= i < len(self):
@@ -88,6 +126,9 @@ class ArgoverseDataset:
     return Scene(**out)
 
   def by_seq_id(self, seq_id: int) -> Scene:
+    if int(seq_id) in self.skipped:
+      raise KeyError(f"sequence {seq_id} of {self.path} is skipped ({self.skipped[int(seq_id)]}; config "
+                     f"data.skip_unusable_scenes={self._policy!r})")
     if int(seq_id) not in self._index_of:
       raise KeyError(f"sequence {seq_id} is not in {self.path}")
     return self[self._index_of[int(seq_id)]]
@@ -98,7 +139,7 @@ class ArgoverseDataset:
     except ValueError as e:
       if isinstance(e, RecordError):
         raise
-      raise RecordError(f"{self.path}:{self._keys[i].decode()}", str(e)) from None
+      raise RecordError(self._where(i), str(e)) from None
 
   def num_batches(self, batch_size: int, drop_remainder: bool) -> int:
     return len(self) // batch_size if drop_remainder else -(-len(self) // batch_size)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from densetnt_jax.data.argoverse import ForecastingSequence, read_forecasting_csv
+from densetnt_jax.data.argoverse import DEFAULT_MAX_ABS_COORDINATE, ForecastingSequence, read_forecasting_csv
 from densetnt_jax.data.errors import CsvError
 from densetnt_jax.data.hdmap import CityMap, load_city_map
 from densetnt_jax.data.scene import Scene, empty_scene, encode_city, shapes_from_config, to_agent_frame
@@ -151,7 +151,22 @@ def _goal_candidates(lane_pts_LxPx2: np.ndarray, spacing: float, max_goals: int)
   return pts[order[:max_goals]]
 
 
+def unusable_reason(scene: Scene, data_config) -> str | None:
+  """Why a vectorized scene cannot be labelled (no lane, hence no goal candidate, near the agent), or None.
+
+  Such a scene is still packed (eval and the leaderboard need every sequence); training skips it
+  (config data.skip_unusable_scenes).
+  """
+  if not np.any(scene.lane_mask_L):
+    return (f"no lane within max_distance {data_config.max_distance:g} m of the agent (off the map?): "
+            "no goal candidate")
+  if not np.any(scene.goal_mask_G):
+    return "no goal candidate on the lanes near the agent"
+  return None
+
+
 def vectorize_csv(csv_path, map_dir, data_config, expected_steps: int | None = None) -> Scene:
   """Reads one raw forecasting CSV and vectorizes it (the path `predict_csv` and the packer share)."""
-  seq = read_forecasting_csv(csv_path, expected_steps)
+  seq = read_forecasting_csv(csv_path, expected_steps,
+                             data_config.get("max_abs_coordinate", DEFAULT_MAX_ABS_COORDINATE))
   return vectorize_sequence(seq, load_city_map(map_dir, seq.city), data_config)
