@@ -104,7 +104,7 @@ def _read_text(path: str) -> tuple[str, str]:
   with open_regular_file(path) as f:
     size = os.fstat(f.fileno()).st_size
     if size > MAX_CSV_BYTES:
-      raise CsvError(path, f"{size} bytes, more than the {MAX_CSV_BYTES} a forecasting CSV can be "
+      raise CsvError(path, f"{size} bytes, more than the {MAX_CSV_BYTES} bytes a forecasting CSV may have "
                            "(real ones are < 1 MiB): not read")
     try:
       head = f.readline(MAX_HEADER_BYTES + 1)

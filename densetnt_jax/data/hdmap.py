@@ -152,8 +152,9 @@ def _load_city_map_cached(map_dir: str, city: str) -> CityMap:
 
 
 def load_city_map(map_dir, city: str) -> CityMap:
-  """The city's map from `map_dir` (the official `map_files/` folder), parsed once per process."""
-  return _load_city_map_cached(os.path.abspath(str(map_dir)), city)
+  """The city's map from `map_dir` (the official `map_files/` folder), parsed once per process (per real path:
+  a symlinked `map_files` shares the parse)."""
+  return _load_city_map_cached(os.path.realpath(str(map_dir)), city)
 
 
 def available_cities(map_dir) -> list[str]:

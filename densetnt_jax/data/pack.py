@@ -20,6 +20,8 @@ import os
 import re
 import time
 
+import numpy as np
+
 from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.argoverse import INT64_MAX, seq_id_from_path
@@ -132,7 +134,7 @@ class PackSummary:
              + (f"; {len(self.warnings)} packed with a warning" if self.warnings else ""),
              f"  {self.seconds:.1f} s, {self.scenes_per_second:.1f} scenes/s "
              f"({self.scenes_per_second / max(self.num_workers, 1):.1f} per worker, {self.num_workers} workers)"]
-    for title, items in (("failures", self.failed), ("warnings (packed; training skips them)", self.warnings)):
+    for title, items in (("failures", self.failed), ("warnings, packed but skipped by training", self.warnings)):
       if items:
         lines.append(f"  {title} (all in {self.error_log}):")
         lines += [f"    {one_line(path, 500)}: {why}" for path, why in items[:MAX_LISTED]]
@@ -144,7 +146,8 @@ class PackSummary:
 def _pack_one(path: str, map_dir: str, data_config, expected_steps: int):
   """(path, key, sealed record, failure, warning) of one CSV; any error of this file is its failure."""
   try:
-    scene = vectorize_csv(path, map_dir, data_config, expected_steps)
+    with np.errstate(over="ignore", invalid="ignore"):    # an overflow to inf is refused by encode_scene below
+      scene = vectorize_csv(path, map_dir, data_config, expected_steps)
   except DataError as e:
     return path, None, None, e.problem, None
   except Exception as e:  # an unforeseen error of one file must not stop the other 200,000
