@@ -26,6 +26,7 @@ REFUSED = {
     "1044.csv": "cannot read (Input/output error)",
     "1045.csv": "named pipe (FIFO)",
     "²³.csv": "not an integer sequence id",
+    "12\n34.csv": r"file name '12\n34' is not an integer sequence id",
     "123456789012345678901.csv": "does not fit in int64",
     "1.csv": "sequence id 1 is also the id of 0001.csv, 01.csv",
     "01.csv": "sequence id 1 is also the id of 0001.csv, 1.csv",
@@ -70,7 +71,7 @@ def hostile_src(argo_dir, tmp_path, monkeypatch):
   for name in GOOD + ("1.csv",):
     os.symlink(real / name, data / name)
   base = _rows((real / BASE).read_text())
-  for name in ("01.csv", "0001.csv", "²³.csv", "123456789012345678901.csv", "1043.csv"):
+  for name in ("01.csv", "0001.csv", "²³.csv", "12\n34.csv", "123456789012345678901.csv", "1043.csv"):
     _write_rows(data / name, base)
   (data / "1040.csv").mkdir()
   os.symlink("1041.csv", data / "1041.csv")
@@ -115,6 +116,7 @@ def test_each_hostile_entry_fails_alone_and_the_rest_packs(hostile_src, tmp_path
       ("3003.csv", "no lane within max_distance 50 m of the agent (off the map?)")]
   report, log = first.format(), (tmp_path / "out" / "train_pack_errors.log").read_text()
   assert len(report) < 10_000 and len(log) < 10_000 and "3004.csv" in log and "3003.csv\twarning" in log
+  assert len(log.splitlines()) == len(first.failed) + len(first.warnings)      # one line per file
 
   # The valid oddities hold exactly what the plain file gives.
   ds = ArgoverseDataset(split_lmdb_path(out, "train"), config.data)

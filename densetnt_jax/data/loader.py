@@ -58,36 +58,19 @@ class ArgoverseDataset:
     for i, shard in enumerate(self._shards):
       env = open_env(shard)
       self._envs.append(env)
-      with env.begin() as txn:
-        meta = read_meta(txn, shard)
-        if meta is None:
-          raise RecordError(shard, "no __meta__ record: not written by bin/argoverse_packer.py")
-        if meta.get("format_version") != FORMAT_VERSION:
-          raise RecordError(shard, f"packed with record format {meta.get('format_version')!r}, this code reads "
-                                   f"format {FORMAT_VERSION} (records now carry a checksum): re-pack it with "
-                                   "bin/argoverse_packer.py into a new directory")
-        packed = meta["vectorize"]
-        diff = {k: (packed.get(k), v) for k, v in expected.items() if packed.get(k) != v}
-        if diff:
-          raise ValueError(f"{shard} was packed with other vectorization settings (packed, config): {diff}; "
-                           "re-pack or set the config to match")
-        unusable = {int(k): why for k, why in read_unusable(txn, shard).items()}
-        skip = policy == "all" or (policy == "train" and meta.get("split") == data_config.train_split)
-        for key in txn.cursor().iternext(values=False):
-          key = bytes(key)
-          if key in (META_KEY, UNUSABLE_KEY):
+      try:
+        with env.begin() as txn:
+          shard_ids, shard_unusable, skip = self._read_shard(txn, shard, expected, policy, data_config)
+      except lmdb.Error as e:
+        raise RecordError(shard, f"LMDB read failed ({type(e).__name__}: {e}); re-pack") from None
+      for seq_id in shard_ids:
+        if seq_id in shard_unusable:
+          self.unusable[seq_id] = shard_unusable[seq_id]
+          if skip:
+            self.skipped[seq_id] = shard_unusable[seq_id]
             continue
-          if not is_record_key(key):
-            raise RecordError(shard, f"key {key[:40]!r} is not a zero-padded sequence id: not written by "
-                                     "bin/argoverse_packer.py; re-pack")
-          seq_id = int(key)
-          if seq_id in unusable:
-            self.unusable[seq_id] = unusable[seq_id]
-            if skip:
-              self.skipped[seq_id] = unusable[seq_id]
-              continue
-          ids.append(seq_id)
-          owners.append(i)
+        ids.append(seq_id)
+        owners.append(i)
     ids_N = np.asarray(ids, np.int64)
     order = np.argsort(ids_N, kind="stable")
     self.seq_ids = ids_N[order]
@@ -98,6 +81,34 @@ class ArgoverseDataset:
     self._index_of = {int(s): i for i, s in enumerate(self.seq_ids)}
     self._policy = policy
     self._txns = [env.begin(buffers=False) for env in self._envs]
+
+  @staticmethod
+  def _read_shard(txn, shard: str, expected: dict, policy: str, data_config) -> tuple[list[int], dict, bool]:
+    """(sequence ids, {seq_id: why unusable}, whether to skip those) of one shard, its meta and keys checked."""
+    meta = read_meta(txn, shard)
+    if meta is None:
+      raise RecordError(shard, "no __meta__ record: not written by bin/argoverse_packer.py")
+    if meta.get("format_version") != FORMAT_VERSION:
+      raise RecordError(shard, f"packed with record format {meta.get('format_version')!r}, this code reads "
+                               f"format {FORMAT_VERSION} (records now carry a checksum): re-pack it with "
+                               "bin/argoverse_packer.py into a new directory")
+    packed = meta["vectorize"]
+    diff = {k: (packed.get(k), v) for k, v in expected.items() if packed.get(k) != v}
+    if diff:
+      raise ValueError(f"{shard} was packed with other vectorization settings (packed, config): {diff}; "
+                       "re-pack or set the config to match")
+    ids = []
+    for key in txn.cursor().iternext(values=False):
+      key = bytes(key)
+      if key in (META_KEY, UNUSABLE_KEY):
+        continue
+      if not is_record_key(key):
+        raise RecordError(shard, f"key {key[:40]!r} is not a zero-padded sequence id: not written by "
+                                 "bin/argoverse_packer.py; re-pack")
+      ids.append(int(key))
+    unusable = {int(k): why for k, why in read_unusable(txn, shard).items()}
+    skip = policy == "all" or (policy == "train" and meta.get("split") == data_config.get("train_split", "train"))
+    return ids, unusable, skip
 
   def __len__(self) -> int:
     return len(self._keys)

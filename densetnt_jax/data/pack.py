@@ -252,17 +252,16 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
 
     start = time.perf_counter()
     summary.num_workers = max(1, min(num_workers, len(todo) // max(min_files_per_worker, 1)))
-    pool = None
-    if summary.num_workers > 1:
-      pool = concurrent.futures.ProcessPoolExecutor(
-          summary.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-          initargs=(map_dir, data_config, expected_steps))
-      results = pool.map(_pack_in_worker, todo, chunksize=8)
-    else:
-      results = (_pack_one(path, map_dir, data_config, expected_steps) for path in todo)
-    txn = env.begin(write=True)
+    txn, pool = env.begin(write=True), None
     pending, unusable_changed = 0, False
     try:
+      if summary.num_workers > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            summary.num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+            initargs=(map_dir, data_config, expected_steps))
+        results = pool.map(_pack_in_worker, todo, chunksize=8)
+      else:
+        results = (_pack_one(path, map_dir, data_config, expected_steps) for path in todo)
       for path, key, value, problem, warning in progress_bar(results, total=len(todo), desc=f"pack {mode}",
                                                              disable=not progress, unit="scene"):
         if problem is not None:
@@ -282,8 +281,8 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
       _commit(txn, unusable if unusable_changed else None)
     except concurrent.futures.BrokenExecutor:
       txn.abort()
-      raise RuntimeError(f"a packer worker process died (killed or out of memory) while packing {mode}; what was "
-                         f"committed is kept: run the packer again to resume") from None
+      raise RuntimeError(f"a packer worker process died (killed, out of memory, or its map parse failed) while "
+                         f"packing {mode}; what was committed is kept: run the packer again to resume") from None
     except BaseException:
       txn.abort()
       raise
