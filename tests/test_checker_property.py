@@ -20,7 +20,6 @@ from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.program import Op, Program
 
 INT32_MAX = 2**31 - 1
-BATCH_PATTERNS = 6          # rows of `worst_codes` before the per-channel and random rows
 
 
 @pytest.fixture(scope="module")
