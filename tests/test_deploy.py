@@ -145,11 +145,49 @@ def _break_graph(p, s):
   return o.name, s
 
 
+def _break_wide_gamma(p, s):
+  o = _first(p, lambda o: o.kind == "layernorm")
+  o.consts["g_q"] = np.full(o.consts["g_q"].shape, 2**17, np.int32)   # z g reaches 2^15 x 2^17 = 2^32
+  return o.name, s
+
+
+def _break_eps(p, s):
+  o = _first(p, lambda o: o.kind == "layernorm")
+  o.consts["eps_m"], o.consts["eps_e"] = np.asarray(2**17, np.int32), np.asarray(15, np.int32)   # << 15: 2^32
+  return o.name, s
+
+
+def _break_missing_constant(p, s):
+  o = _first(p, lambda o: o.kind == "dense")
+  del o.consts["w_q"]
+  return o.name, s
+
+
+def _break_string_constant(p, s):
+  o = _first(p, lambda o: o.kind == "softmax")
+  o.consts["t_shift"] = np.asarray("eleven")
+  return o.name, s
+
+
+def _break_declared_shape(p, s):
+  o = _first(p, lambda o: o.kind == "softmax")
+  o.shape = o.shape[:-1] + (2,)                    # the kernel's softmax runs over the producer's N, not 2
+  return o.name, s
+
+
+def _break_matmul_k(p, s):
+  o = _first(p, lambda o: o.kind == "matmul")
+  o.attrs = {**o.attrs, "k": 1}
+  return o.name, s
+
+
 BROKEN = [("multiplier", _break_multiplier), ("shift", _break_shift), ("shift", _break_pre_shift),
           ("op-supported", _break_kind), ("op-supported", _break_unknown_kind), ("op-bits", _break_op_bits),
           ("op-bits", _break_weight_bits), ("accumulator", _break_accumulator_dense),
-          ("accumulator", _break_accumulator_add), ("scale", _break_scale), ("static-shape", _break_shape),
-          ("tensor-size", _break_tensor_size), ("lut", _break_lut), ("graph", _break_graph)]
+          ("accumulator", _break_accumulator_add), ("accumulator", _break_wide_gamma), ("accumulator", _break_eps),
+          ("scale", _break_scale), ("static-shape", _break_shape), ("tensor-size", _break_tensor_size),
+          ("lut", _break_lut), ("graph", _break_graph), ("operands", _break_missing_constant),
+          ("operands", _break_string_constant), ("operands", _break_declared_shape), ("operands", _break_matmul_k)]
 
 
 @pytest.mark.parametrize("rule,breaker", BROKEN, ids=[f"{r}-{b.__name__[7:]}" for r, b in BROKEN])

@@ -271,6 +271,19 @@ def lut16(x_q: jax.Array, table: jax.Array, y_bits: int = 16) -> jax.Array:
   return jnp.clip(interp(table, jnp.clip(x_q, -2**15, 2**15 - 1) + 2**15, 7), qmin, qmax)
 
 
+def clip_int32(v: jax.Array, limit: int) -> jax.Array:
+  """int32 clip(v, -limit, limit) of integer-valued float32 `v` (a rounded bias code), exact for every v.
+
+  Clipping in float32 first rounded the limit to float32: 2^31 - 1 - 16256 became 2^31 - 16256, one above the
+  bound, so x . w + b could reach 2^31. Here v is saturated to [-2^31, 2^31 - 128] (float32 values that convert
+  to int32 exactly), cast, and clipped in int32: the same code for every v inside the limit.
+  """
+  if not 0 <= limit <= 2**31 - 1:
+    raise ValueError(f"clip_int32: limit {limit} is outside [0, 2^31 - 1]")
+  v = jnp.clip(v, np.float32(-2.0**31), np.float32(2.0**31 - 128)).astype(jnp.int32)
+  return jnp.clip(v, -limit, limit)
+
+
 # ------------------------------------------------------------------------------------------- dense
 class DenseParams(NamedTuple):
   w_q: jax.Array      # int32 [K, N], codes in [-127, 127] (narrow: never -128)
@@ -301,12 +314,11 @@ def dense_params(w_KxN, b_N, x_scale, y_scale, x_bits: int = 8, w_bits: int = 8,
   w_q = quantize(w, s_w, w_bits, narrow=True)
   s_acc = fmul(x_scale, s_w)
   # two_shift: a 32-bit kernel sizes its pre-shift for |acc| <= 2 * bound, so the bias is clipped to bound.
-  b_lim = float(bound if two_shift else 2**31 - 1 - bound)
+  b_lim = bound if two_shift else 2**31 - 1 - bound
   if b_N is None:
     b_q = jnp.zeros((n,), jnp.int32)
   else:
-    b_q = round_half_up(fmul(b_N, reciprocal(s_acc)))
-    b_q = jnp.clip(b_q, -b_lim, b_lim).astype(jnp.int32)
+    b_q = clip_int32(round_half_up(fmul(b_N, reciprocal(s_acc))), b_lim)
   pre = max(0, (2 * bound).bit_length() + MULT_BITS - 31) if two_shift else 0
   return DenseParams(w_q, b_q, requant_params(fmul(s_acc, reciprocal(y_scale)), pre))
 
@@ -475,9 +487,7 @@ def layernorm_params(gamma_C, beta_C, x_scale, y_scale, x_bits: int = 8, eps: fl
   s_g = activation_scale(jnp.max(jnp.abs(g)), g_bits)
   g_q = quantize(g, s_g, g_bits, narrow=True)
   s_acc = fmul(np.float32(s_z * 2**LN_PRE_SHIFT), s_g)
-  b_lim = float(2**31 - 1 - 2**(30 - LN_PRE_SHIFT))
-  b_q = round_half_up(fmul(beta_C, reciprocal(s_acc)))
-  b_q = jnp.clip(b_q, -b_lim, b_lim).astype(jnp.int32)
+  b_q = clip_int32(round_half_up(fmul(beta_C, reciprocal(s_acc))), 2**31 - 1 - 2**(30 - LN_PRE_SHIFT))
   return LayerNormParams(eps_m, (e - MULT_BITS).astype(jnp.int32), rq_z, g_q, b_q,
                          requant_params(fmul(s_acc, reciprocal(y_scale))))
 
