@@ -1,8 +1,8 @@
 """Deployment: the target checker (each rule tripped by a deliberately broken program), the compiled artifact
-(round trip, refusal of corrupt / truncated / wrong-version files), the standalone runner in a fresh process
+(round trip, refusal of corrupt / truncated / wrong-version / forged files; tests/test_artifact_fuzz.py fuzzes
+it), the standalone runner in a fresh process
 (bit for bit against the interpreter, without flax or the training code) and the performance estimate."""
 import copy
-import hashlib
 import json
 import os
 import struct
@@ -240,19 +240,20 @@ def test_artifact_round_trip_is_exact_and_deterministic(program, artifact_path, 
 
 def _rebuild(data: bytes, edit) -> bytes:
   """The artifact with its header JSON or blob edited by `edit(header, blob) -> blob`, re-laid-out and re-signed
-  (so only the edited property is wrong)."""
-  magic, version, n = struct.unpack_from("<8sIQ", data)
-  header = json.loads(data[20:20 + n])
-  blob = bytearray(data[header["blob_offset"]:-32])
+  with SHA-256 as anyone can (so only the edited property is wrong)."""
+  _, _, flags, n, _ = artifact.PREFIX.unpack_from(data)
+  header = json.loads(data[artifact.PREFIX.size:artifact.PREFIX.size + n])
+  blob = bytearray(data[header["blob_offset"]:len(data) - artifact.DIGEST * (2 if flags else 1)])
   blob = edit(header, blob)
-  for _ in range(3):
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    pad = -(20 + len(text)) % artifact.ALIGN
-    header["blob_offset"], header["file_nbytes"] = 20 + len(text) + pad, 20 + len(text) + pad + len(blob) + 32
-  text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-  body = struct.pack("<8sIQ", magic, version, len(text)) + text + b"\0" * (-(20 + len(text)) % artifact.ALIGN) \
-      + bytes(blob)
-  return body + hashlib.sha256(body).digest()
+  return artifact.seal(artifact.encode_header(header), bytes(blob), key=b"")
+
+
+def _retext(data: bytes, edit) -> bytes:
+  """The artifact with its header's JSON text edited by `edit(text) -> text`, re-signed with SHA-256."""
+  _, _, flags, n, _ = artifact.PREFIX.unpack_from(data)
+  header = json.loads(data[artifact.PREFIX.size:artifact.PREFIX.size + n])
+  blob = data[header["blob_offset"]:len(data) - artifact.DIGEST * (2 if flags else 1)]
+  return artifact.seal(edit(data[artifact.PREFIX.size:artifact.PREFIX.size + n]), blob, key=b"")
 
 
 def _bad_dtype(header, blob):
@@ -273,6 +274,43 @@ def _bad_offset(header, blob):
   return blob
 
 
+def _first_op(header, kind):
+  return next(d for d in header["ops"] if d["kind"] == kind)
+
+
+def _negative_shape(header, blob):
+  a = header["arrays"][_first_op(header, "dense")["consts"]["w_q"]]
+  a["shape"] = [-a["shape"][0]] + a["shape"][1:]
+  return blob
+
+
+def _unknown_kind(header, blob):
+  _first_op(header, "relu")["kind"] = "gelu"
+  return blob
+
+
+def _bits_3(header, blob):
+  _first_op(header, "dense")["bits"] = 3
+  return blob
+
+
+def _missing_const(header, blob):
+  del _first_op(header, "dense")["consts"]["mult"]
+  return blob
+
+
+def _lying_shape(header, blob):
+  op = _first_op(header, "dense")
+  op["shape"] = op["shape"][:-1] + [op["shape"][-1] + 1]
+  return blob
+
+
+def _shift_60(header, blob):
+  a = header["arrays"][_first_op(header, "dense")["consts"]["shift"]]
+  blob[a["offset"]:a["offset"] + 4] = np.int32(60).tobytes()
+  return blob
+
+
 def _flip(data, i):
   return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
 
@@ -283,16 +321,31 @@ def _version(data, v):
 
 CORRUPT = {
     "flipped-weight-byte": (lambda d: _flip(d, len(d) - 100), r"checksum mismatch \(SHA-256"),
-    "flipped-header-byte": (lambda d: _flip(d, 60), r"corrupt header .*; checksum mismatch|checksum mismatch"),
-    "truncated": (lambda d: d[:-100], r"truncated: the header says \d+ bytes, the file has \d+"),
-    "truncated-header": (lambda d: d[:200], r"truncated: 200 bytes, the header alone needs"),
-    "empty": (lambda d: b"", r"0 bytes, shorter than the 20-byte prefix"),
-    "padded": (lambda d: d + b"\0", r"wrong size: the header says \d+ bytes, the file has \d+"),
-    "wrong-version": (lambda d: _version(d, 2), r"format version 2; this runner reads version 1"),
+    "flipped-header-byte": (lambda d: _flip(d, 60), r"checksum mismatch \(SHA-256"),
+    "truncated": (lambda d: d[:-100], r"truncated: the prefix says \d+ bytes, the file has \d+"),
+    "truncated-header": (lambda d: d[:200], r"truncated: the prefix says \d+ bytes, the file has 200"),
+    "truncated-prefix": (lambda d: d[:20], r"truncated: 20 bytes, shorter than the 32-byte prefix"),
+    "empty": (lambda d: b"", r"0 bytes, shorter than the 32-byte prefix"),
+    "padded": (lambda d: d + b"\0", r"wrong size: the prefix says \d+ bytes, the file has \d+"),
+    "wrong-version": (lambda d: _version(d, 3), r"format version 3; this runner reads version 2"),
+    "version-1": (lambda d: _version(d, 1), r"format version 1; this runner reads version 2 \(recompile"),
     "wrong-magic": (lambda d: b"PK\3\4" + d[4:], r"not a densetnt artifact"),
-    "bad-dtype": (lambda d: _rebuild(d, _bad_dtype), r"dtype 'object', not one of"),
+    "unknown-flags": (lambda d: d[:12] + struct.pack("<I", 6) + d[16:], r"unknown flags 0x6"),
+    "bad-dtype": (lambda d: _rebuild(d, _bad_dtype), r"\.dtype: 'object', not one of"),
     "lut-mismatch": (lambda d: _rebuild(d, _bad_lut), r"lookup table EXP_TABLE differs"),
     "array-outside-blob": (lambda d: _rebuild(d, _bad_offset), r"does not fit the blob"),
+    "negative-shape": (lambda d: _rebuild(d, _negative_shape), r"shape\[0\]: expected an integer in \[0, "),
+    "unknown-kind": (lambda d: _rebuild(d, _unknown_kind), r"\.kind: unknown op kind 'gelu'"),
+    "bits-3": (lambda d: _rebuild(d, _bits_3), r"\.bits: 3; code widths are 8 or 16"),
+    "missing-const": (lambda d: _rebuild(d, _missing_const), r"\.consts: missing keys \['mult'\]"),
+    "deep-json": (lambda d: _retext(d, lambda t: t.replace(b'"info":{', b'"info":' + b"[" * 10**5 + b"]" * 10**5
+                                                           + b',"x":{')), r"corrupt header JSON \(RecursionError"),
+    "huge-number": (lambda d: _retext(d, lambda t: t.replace(b'"version":2', b'"version":' + b"9" * 5000)),
+                    r"corrupt header JSON \(ValueError: 'Exceeds"),
+    "declared-shape-lies": (lambda d: _rebuild(d, _lying_shape), r"op '[^']+' \(dense\) gives int\d+\[65537, "
+                            r"[\d, ]+\], it declares"),
+    "checker-violation": (lambda d: _rebuild(d, _shift_60),
+                          r"does not fit target j6e-class: layer [^ ]+ rule shift: requant shift in \[\d+, 60\]"),
 }
 
 
@@ -304,14 +357,37 @@ def test_artifact_refuses_a_bad_file(artifact_path, tmp_path, case):
   path = tmp_path / f"{case}.dtnt"
   path.write_bytes(corrupt(data))
   with pytest.raises(artifact.ArtifactError, match=message) as info:
-    artifact.read(str(path))
-  assert str(path) in str(info.value)
+    artifact.read(str(path), key=b"")
+  assert str(path) in str(info.value) and "\n" not in str(info.value)
+  assert len(str(info.value)) <= artifact.MAX_MESSAGE
 
 
 def test_rebuild_helper_makes_a_valid_file(artifact_path, program):
   with open(artifact_path, "rb") as f:
     data = f.read()
-  assert artifact.parse(_rebuild(data, lambda h, b: b))[0]["ops"][0]["name"] == program.ops[0].name
+  assert artifact.parse(_rebuild(data, lambda h, b: b), key=b"")[0]["ops"][0]["name"] == program.ops[0].name
+
+
+def test_runner_cli_prints_one_line_and_exits_2(artifact_path, inputs, tmp_path, capsys):
+  """A bad artifact, a missing input and a wrongly shaped one: `error: ...` on one line, exit 2 (--verbose
+  raises instead)."""
+  with open(artifact_path, "rb") as f:
+    (tmp_path / "bad.dtnt").write_bytes(_flip(f.read(), 100))
+  in_dir = tmp_path / "inputs"
+  in_dir.mkdir()
+  args = ["--inputs", str(in_dir), "--outputs", str(tmp_path / "out")]
+  assert runner.main([str(tmp_path / "bad.dtnt")] + args) == 2
+  assert runner.main([artifact_path] + args) == 2
+  for field, value in inputs.items():
+    np.save(in_dir / f"{field}.npy", value[:, :1] if field == "goals_Gx2" else value, allow_pickle=False)
+  assert runner.main([artifact_path] + args) == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+  assert "checksum mismatch" in lines[0] and "lacks" in lines[1]
+  assert "input 'goals_Gx2' is float32[4, 1, 2]; the program takes float32[4, " in lines[2]
+  with pytest.raises(artifact.ArtifactError, match="checksum mismatch"):
+    runner.main([str(tmp_path / "bad.dtnt"), "--verbose"] + args)
+  assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------ fresh process

@@ -4,10 +4,12 @@ Imports jax, numpy and the program / interpreter / postprocess modules only: no 
 training code, so a deployment host needs the artifact and this package's runtime, nothing else. The
 kernels are the interpreter's (`run_program`), so results equal the interpreter's bit for bit.
 
-  python -m densetnt_jax.deploy.runner ARTIFACT --inputs DIR --outputs DIR
+  python -m densetnt_jax.deploy.runner ARTIFACT --inputs DIR --outputs DIR [--verbose]
 
 DIR holds one `<field>.npy` per program input (trajs_TxVxC.npy, traj_vector_mask_TxV.npy, ...: the names
 after `inputs/`), loaded with allow_pickle=False; every Prediction field is written as `<field>.npy`.
+A bad artifact (`artifact.ArtifactError`: corrupt, forged, unsigned while DENSETNT_ARTIFACT_KEY is set, not
+fitting its target) or bad inputs print one line `error: ...` and exit 2; --verbose shows the traceback.
 """
 from __future__ import annotations
 
@@ -42,15 +44,41 @@ class Runner:
 
 
 def load(path: str) -> Program:
-  """The program of an artifact file (checked: magic, version, size, checksum, dtypes, LUTs)."""
+  """The program of an artifact file, after every check `artifact.read` makes (integrity, signature, schema,
+  a trace of every op, the checker)."""
   return artifact.read(path)[0]
 
 
+def check_inputs(program: Program, inputs: dict) -> None:
+  """A ValueError naming the first input whose dtype or shape (any batch) is not the program's: the CLI's
+  one-line error, not one from inside a jitted kernel."""
+  batch = None
+  for name, (shape, dtype) in program.inputs.items():
+    field = name.split("/", 1)[1]
+    if field not in inputs:
+      raise ValueError(f"input {field!r} is missing; the program reads "
+                       f"{[n.split('/', 1)[1] for n in program.inputs]}")
+    x = np.asarray(inputs[field])
+    batch = x.shape[0] if batch is None and x.ndim else batch
+    want = tuple(batch if d is None else d for d in shape)
+    if str(x.dtype) != dtype or tuple(x.shape) != want:
+      raise ValueError(f"input {field!r} is {x.dtype}{list(x.shape)}; the program takes {dtype}{list(want)} "
+                       "(the batch first, the same in every input)")
+
+
 def load_inputs(directory: str, fields: list[str]) -> dict[str, np.ndarray]:
+  """{field: array} of DIR/<field>.npy (allow_pickle=False: an object array is a ValueError, not code)."""
   missing = [f for f in fields if not os.path.isfile(os.path.join(directory, f"{f}.npy"))]
   if missing:
     raise FileNotFoundError(f"{directory} lacks " + ", ".join(f"{f}.npy" for f in missing))
-  return {f: np.load(os.path.join(directory, f"{f}.npy"), allow_pickle=False) for f in fields}
+  out = {}
+  for f in fields:
+    path = os.path.join(directory, f"{f}.npy")
+    try:
+      out[f] = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+      raise ValueError(f"{path}: not a readable plain .npy array ({type(e).__name__}: {e})") from None
+  return out
 
 
 def save_outputs(prediction, directory: str) -> list[str]:
@@ -96,13 +124,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("artifact")
   parser.add_argument("--inputs", required=True, help="directory of <field>.npy inputs")
   parser.add_argument("--outputs", required=True, help="directory the Prediction fields are written to")
+  parser.add_argument("--verbose", action="store_true", help="a traceback with an error, not one line")
   args = parser.parse_args(argv)
   try:
     runner = Runner(args.artifact)
-  except (artifact.ArtifactError, FileNotFoundError) as e:
+    inputs = load_inputs(args.inputs, runner.input_fields)
+    check_inputs(runner.program, inputs)
+  except (artifact.ArtifactError, FileNotFoundError, ValueError) as e:   # ArtifactError is a ValueError
+    if args.verbose:
+      raise
     print(f"error: {e}", file=sys.stderr)
     return 2
-  inputs = load_inputs(args.inputs, runner.input_fields)
   start = time.perf_counter()
   pred = jax.block_until_ready(runner(inputs))
   seconds = time.perf_counter() - start
