@@ -52,7 +52,9 @@ def small_program() -> Program:
               **_rq("", np.full(n, s_x * 0.01 / s_y))}
     return Op(name, "dense", (src,), shape, "float32", bits, float(s_y), {"in_bits": (x_bits,)}, consts)
 
-  ln_consts = {"eps_m": np.asarray(20000, np.int32), "eps_e": np.asarray(-20, np.int32),
+  eps_mant, eps_exp = np.frexp(np.float32(1e-5 * 16**3) / (s_h * s_h))    # as arith.layernorm_params
+  ln_consts = {"eps_m": np.asarray(np.floor(eps_mant * 2**15 + 0.5), np.int32),
+               "eps_e": np.asarray(eps_exp - 15, np.int32),
                **_rq("z_", np.float64(4 * 2.0**-21 / 2.0**-13)), "g_q": rng.integers(-2**15 + 1, 2**15, 16, np.int16),
                "b_q": rng.integers(-2**20, 2**20, 16, np.int32), **_rq("", np.float64(2.0**-13 * 16 * 1e-4 / s_n))}
   idx = "goal/score~reshape~top_k"
@@ -112,7 +114,8 @@ def test_small_program_round_trips_bit_for_bit(small, tmp_path):
   path = tmp_path / "small.dtnt"
   path.write_bytes(data)
   loaded, header = artifact.read(str(path), key=b"")
-  assert header["info"] == {"source": "test"} and header["target"] is None and len(loaded.ops) == 17
+  assert header["info"] == {"source": "test"} and len(loaded.ops) == 17
+  assert header["target"]["name"] == "j6e-class"          # no target given: the default one is recorded
   assert all(runner.same_bits(a, b) for a, b in zip(expected, run_program(loaded, small_inputs())))
 
 
@@ -130,8 +133,8 @@ def forge(header: dict, blob: bytes, key: bytes = b"") -> bytes:
 
 
 def _random_value(rng):
-  return [-1, 0, 3, 2**40, -2**63, 1.5, -0.0, 1e300, "x", "", None, True, [], [1, None], {}, {"a": 1}][
-      rng.integers(16)]
+  return [-1, 0, 3, 2**40, -2**63, 10**400, 1.5, -0.0, 1e300, "x", "", None, True, [], [1, None], {}, {"a": 1}][
+      rng.integers(17)]
 
 
 def _nodes(tree, path=()):
@@ -152,9 +155,9 @@ def _edit(rng, h: dict, blob: bytearray) -> str:
   """One random header (or blob) edit in place, as a forger would make it; returns its name."""
   arrays, ops = h["arrays"], h["ops"]
   op = _pick(rng, ops)
-  edit = _pick(rng, ["negative_shape", "huge_offset", "nbytes", "dtype", "unknown_kind", "other_kind", "bits", "missing_const",
-                     "extra_const", "wrong_type", "delete_key", "add_key", "input_ref", "swap_ops", "attr",
-                     "op_shape", "meta", "info", "scale", "blob_byte", "lut", "target", "outputs", "inputs",
+  edit = _pick(rng, ["negative_shape", "huge_offset", "nbytes", "dtype", "unknown_kind", "other_kind", "bits",
+                     "missing_const", "extra_const", "wrong_type", "delete_key", "add_key", "input_ref", "swap_ops",
+                     "attr", "op_shape", "meta", "info", "scale", "blob_byte", "lut", "target", "outputs", "inputs",
                      "overlap"])
   if edit == "negative_shape":
     a = _pick(rng, arrays.values())
@@ -224,11 +227,12 @@ def _edit(rng, h: dict, blob: bytearray) -> str:
   elif edit == "lut":
     h["luts"][_pick(rng, h["luts"])] = _pick(rng, arrays)
   elif edit == "target":
-    target = dataclasses_asdict_default_target()
+    target = h["target"]
     k = _pick(rng, ["accumulator_bits", "max_shift", "max_tensor_bytes", "multiplier_bits", "name", None])
-    if k is not None:
+    if k is None:
+      h["target"] = None                # the loader's default target
+    else:
       target[k] = _pick(rng, [64, 16, 100, 1000, 2**40, "x", 8])
-    h["target"] = target
   elif edit == "outputs":
     role = _pick(rng, h["outputs"])
     if rng.random() < 0.5:
@@ -243,11 +247,6 @@ def _edit(rng, h: dict, blob: bytearray) -> str:
     a, b = rng.choice(sorted(arrays), 2, replace=False)
     arrays[b]["offset"] = arrays[a]["offset"]
   return edit
-
-
-def dataclasses_asdict_default_target() -> dict:
-  import dataclasses
-  return json.loads(json.dumps(dataclasses.asdict(artifact.default_target())))
 
 
 TEXT_EDITS = [
@@ -341,6 +340,22 @@ def test_fuzz_every_mutation_is_refused_or_runs(small, tmp_path):
   assert all(outcome[("forge", "info")]), summary                 # a valid edit: loads, runs bit for bit
   worst = max(peaks, key=lambda p: p[0] - 3 * p[1])
   assert worst[0] <= 3 * worst[1] + 2**18, worst
+
+
+def test_the_recorded_target_is_the_one_checked(small, tmp_path):
+  """The header's target, not the runtime's configs, decides: a target with 100-byte tensors refuses the program
+  naming the layer and rule; a target promising int64 accumulators is refused (this runtime's are int32)."""
+  program, _, _ = small
+  default = artifact.default_target()
+  path = tmp_path / "model.dtnt"
+  path.write_bytes(artifact.to_bytes(program, target=default.replace(max_tensor_bytes=100), key=b""))
+  with pytest.raises(artifact.ArtifactError, match=r"does not fit target j6e-class: layer inputs/goal_mask_G~index "
+                     r"rule tensor-size: output 240 bytes at batch 30 > max_tensor_bytes 100 \(and \d+ more\)"):
+    artifact.read(str(path), key=b"")
+  path.write_bytes(artifact.to_bytes(program, target=default.replace(accumulator_bits=64), key=b""))
+  with pytest.raises(artifact.ArtifactError, match="header target.accumulator_bits: 64; this runtime's kernels are "
+                     "exact up to 32"):
+    artifact.read(str(path), key=b"")
 
 
 # ------------------------------------------------------------------------------------------- keyed signature

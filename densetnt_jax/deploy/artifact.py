@@ -17,7 +17,8 @@ Header JSON: format, version, program_format (`program.FORMAT`), blob_offset B, 
 program's), inputs, outputs, ops (name, kind, inputs, shape, dtype, bits, scale, attrs encoded as program.json
 does, consts: {const name: array key}), luts ({table: array key}, the kernels' exp / reciprocal / rsqrt tables),
 arrays ({key: {dtype, shape, offset, nbytes}}), info (free-form: the target's name, the source) and target (the
-`TargetSpec` the program was compiled for, or null: the default target, `configs/argo.py`).
+`TargetSpec` the program was compiled for: the writer's `target`, else `configs/argo.py`'s; null only where the
+configs are absent, and then the loader checks against configs/argo.py or refuses).
 
 Reading trusts nothing in the file, in this order, and refuses with one `ArtifactError` line saying what and
 where: a non-regular file (a FIFO is never opened for reading) or one over `max_nbytes`; the prefix (magic,
@@ -70,7 +71,7 @@ PREFIX = struct.Struct("<8sIIQQ")         # magic, version, flags, header length
 FLAG_KEYED = 1
 DIGEST = 32
 KEY_ENV = "DENSETNT_ARTIFACT_KEY"
-MAX_NBYTES = 256 * 2**20                  # read() refuses larger files unread (the real model's: about 1 MB)
+MAX_NBYTES = 256 * 2**20        # read() refuses larger files unread (the default model: 326k weights, < 1 MB)
 MAX_MESSAGE = 400                         # characters of an ArtifactError
 DTYPES = {"int8": "<i1", "int16": "<i2", "int32": "<i4", "uint8": "<u1", "float32": "<f4", "bool": "|b1"}
 LUTS = ("EXP_TABLE", "RECIP_TABLE", "RSQRT_TABLE")
@@ -182,22 +183,27 @@ def seal(header_text: bytes, blob: bytes, key: bytes | None = None) -> bytes:
   return body + hashlib.sha256(body).digest()
 
 
+def _target_dict(target: TargetSpec | None) -> dict | None:
+  return None if target is None else json.loads(json.dumps(dataclasses.asdict(target)))
+
+
 def to_bytes(program: Program, info: dict | None = None, target: TargetSpec | None = None,
              key: bytes | None = None) -> bytes:
   """The artifact of `program` as bytes (`write` puts them in a file). `target`: the spec it is checked against
-  at load (None: the default target); `key`: the HMAC key (None: DENSETNT_ARTIFACT_KEY, if set)."""
+  at load, recorded in the header (None: the default target, `default_target()`); `key`: the HMAC key (None:
+  DENSETNT_ARTIFACT_KEY if set; b"": unsigned)."""
   blob, table = bytearray(), {}
 
-  def add(key: str, value) -> str:
+  def add(array_key: str, value) -> str:
     v = np.asarray(value)
     name = str(v.dtype)
     if name not in DTYPES:
-      raise ArtifactError(f"array {key}: dtype {name} is not one of {sorted(DTYPES)}")
+      raise ArtifactError(f"array {array_key}: dtype {name} is not one of {sorted(DTYPES)}")
     raw = np.ascontiguousarray(v, dtype=np.dtype(DTYPES[name])).tobytes()
     blob.extend(b"\0" * _pad(len(blob)))
-    table[key] = dict(dtype=name, shape=list(v.shape), offset=len(blob), nbytes=len(raw))
+    table[array_key] = dict(dtype=name, shape=list(v.shape), offset=len(blob), nbytes=len(raw))
     blob.extend(raw)
-    return key
+    return array_key
 
   ops = []
   for i, o in enumerate(program.ops):
@@ -208,7 +214,7 @@ def to_bytes(program: Program, info: dict | None = None, target: TargetSpec | No
   header = dict(format="densetnt-int-artifact", version=VERSION, program_format=PROGRAM_FORMAT,
                 meta=program.meta, inputs={k: [list(s), d] for k, (s, d) in program.inputs.items()},
                 outputs=program.outputs, ops=ops, luts=luts, arrays=table, info=info or {},
-                target=None if target is None else dataclasses.asdict(target), blob_nbytes=len(blob))
+                target=_target_dict(target or default_target()), blob_nbytes=len(blob))
   return seal(encode_header(header), bytes(blob), signing_key() if key is None else key)
 
 
@@ -384,7 +390,8 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-  return type(v) in (int, float) and math.isfinite(v)
+  """A finite float or an int a float holds (JSON ints may have 4,300 digits: math.isfinite overflows on them)."""
+  return (type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) <= 2**53)
 
 
 class _Schema:
@@ -402,7 +409,7 @@ class _Schema:
       self.fail(at, f"expected {names}, got {type(v).__name__} {_short.repr(v)}")
     return v
 
-  def int(self, v, at: str, lo: int = 0, hi: int = MAX_DIM) -> int:
+  def integer(self, v, at: str, lo: int = 0, hi: int = MAX_DIM) -> int:
     if not (_is_int(v) and lo <= v <= hi):
       self.fail(at, f"expected an integer in [{lo}, {hi}], got {_short.repr(v)}")
     return v
@@ -428,7 +435,7 @@ class _Schema:
       self.fail(at, f"shape {_short.repr(v)}: {'a null batch axis first, ' if batch else ''}"
                 f"at most {MAX_RANK} axes")
     for i, d in enumerate(v[1:] if batch else v):
-      self.int(d, f"{at}[{i + batch}]")
+      self.integer(d, f"{at}[{i + batch}]")
     return v
 
   # ------------------------------------------------------------------------------------------ header
@@ -442,8 +449,8 @@ class _Schema:
     if h["program_format"] != PROGRAM_FORMAT:
       self.fail("program_format", f"{_short.repr(h['program_format'])}, this runner understands "
                 f"{PROGRAM_FORMAT!r}")
-    start = self.int(h["blob_offset"], "blob_offset", 0, body_end)
-    size = self.int(h["blob_nbytes"], "blob_nbytes", 0, body_end)
+    start = self.integer(h["blob_offset"], "blob_offset", 0, body_end)
+    size = self.integer(h["blob_nbytes"], "blob_nbytes", 0, body_end)
     if start != header_end + _pad(header_end) or start + size != body_end:
       self.fail("blob_offset", f"blob [{start}, {start + size}) is not between the header (ends at "
                 f"{header_end}) and the signature / checksum (at {body_end})")
@@ -470,10 +477,10 @@ class _Schema:
         self.fail(f"{at}.dtype", f"{_short.repr(a['dtype'])}, not one of {sorted(DTYPES)}")
       self.shape(a["shape"], f"{at}.shape", batch=False)
       count = math.prod(a["shape"])
-      nbytes = self.int(a["nbytes"], f"{at}.nbytes", 0, 2**63)
+      nbytes = self.integer(a["nbytes"], f"{at}.nbytes", 0, 2**63)
       if nbytes != count * np.dtype(DTYPES[a["dtype"]]).itemsize:
         self.fail(f"{at}.nbytes", f"{nbytes} bytes for {a['dtype']}{a['shape']} ({count} elements)")
-      off = self.int(a["offset"], f"{at}.offset", 0, 2**63)
+      off = self.integer(a["offset"], f"{at}.offset", 0, 2**63)
       if off % ALIGN or off + nbytes > blob_nbytes:
         self.fail(f"{at}.offset", f"{a['dtype']}{a['shape']} at {off}+{nbytes} does not fit the blob "
                   f"({blob_nbytes} bytes, {ALIGN}-aligned offsets)")
@@ -547,11 +554,11 @@ class _Schema:
         if not (_is_number(v) and v > 0):
           self.fail(where, f"expected a positive number, got {_short.repr(v)}")
       elif k in ("axis", "source", "destination"):
-        self.int(v, where, -MAX_RANK, MAX_RANK - 1)
+        self.integer(v, where, -MAX_RANK, MAX_RANK - 1)
       elif k in ("k",):
-        self.int(v, where, 1)
+        self.integer(v, where, 1)
       elif k == "radius":
-        self.int(v, where, 0, 64)
+        self.integer(v, where, 0, 64)
       elif k == "transpose_b":
         self.typed(v, bool, where)
       elif k == "shape":
@@ -561,7 +568,7 @@ class _Schema:
         if not 0 < len(v) <= MAX_RANK:
           self.fail(where, f"{_short.repr(v)}: 1 to {MAX_RANK} repeats")
         for i, r in enumerate(v):
-          self.int(r, f"{where}[{i}]", 1, 2**16)
+          self.integer(r, f"{where}[{i}]", 1, 2**16)
       elif k == "index":
         self.index(v, where)
 
@@ -579,7 +586,7 @@ class _Schema:
         if len(s) != 3 or any(x is not None and not (_is_int(x) and abs(x) <= MAX_DIM) for x in s) or s[2] == 0:
           self.fail(f"{at}[{i}].slice", f"{_short.repr(s)}: [start, stop, step], ints or null, step not 0")
       else:
-        self.int(e, f"{at}[{i}]", -MAX_DIM, MAX_DIM)
+        self.integer(e, f"{at}[{i}]", -MAX_DIM, MAX_DIM)
 
   def consts(self, consts, d: dict, spec: KindSpec, arrays: dict, at: str) -> None:
     """The kind's constants, each an array of its dtype; `scale` also where an output or quantize needs it."""
@@ -607,9 +614,9 @@ class _Schema:
   def meta(self, meta) -> None:
     self.keys(meta, "meta", ("threshold", "mode_num"), ("postprocess", "record_batch"))
     self.number(meta["threshold"], "meta.threshold")
-    self.int(meta["mode_num"], "meta.mode_num", *POSTPROCESS_LIMITS["mode_num"])
+    self.integer(meta["mode_num"], "meta.mode_num", *POSTPROCESS_LIMITS["mode_num"])
     if "record_batch" in meta:
-      self.int(meta["record_batch"], "meta.record_batch", 1)
+      self.integer(meta["record_batch"], "meta.record_batch", 1)
     post = meta.get("postprocess")
     if post is None:
       return
@@ -620,7 +627,7 @@ class _Schema:
       if fields[k] == "str":
         self.typed(v, str, at)
       elif fields[k] == "int":
-        self.int(v, at, *POSTPROCESS_LIMITS.get(k, (0, MAX_DIM)))
+        self.integer(v, at, *POSTPROCESS_LIMITS.get(k, (0, MAX_DIM)))
       else:
         self.number(v, at)
     try:
@@ -640,18 +647,18 @@ class _Schema:
       for kind, widths in target[k].items():
         self.typed(widths, list, f"target.op_bits.{kind}")
         for i, b in enumerate(widths):
-          self.int(b, f"target.op_bits.{kind}[{i}]", 0, 16)
+          self.integer(b, f"target.op_bits.{kind}[{i}]", 0, 16)
     for k in ("layout_ops", "host_ops"):
       for i, kind in enumerate(target[k]):
         self.typed(kind, str, f"target.{k}[{i}]")
     for k in ("perf_batches",):
       for i, b in enumerate(target[k]):
-        self.int(b, f"target.{k}[{i}]", 1)
+        self.integer(b, f"target.{k}[{i}]", 1)
     for k, limit in RUNTIME_LIMITS.items():
       if not 0 <= target[k] <= limit:
         self.fail(f"target.{k}", f"{target[k]}; this runtime's kernels are exact up to {limit}")
     for k in ("max_lut_entries", "lut_entry_bits", "max_tensor_bytes", "check_batch"):
-      self.int(target[k], f"target.{k}", 1, 2**62)
+      self.integer(target[k], f"target.{k}", 1, 2**62)
 
 
 # ----------------------------------------------------------------------------------- load-time checks
@@ -660,7 +667,7 @@ def _expected_dtype(o: Op) -> np.dtype:
   return np.dtype(np.int8 if o.bits and o.bits <= 8 else np.int16 if o.bits else o.dtype)
 
 
-# digests of (structure, requant hints) whose trace passed: a reloaded program is not traced again
+# digests of (structure, inputs, requant hints) whose trace passed: a reloaded program is not traced again
 _TRACED: dict = {}
 
 
@@ -687,6 +694,9 @@ def _trace(program: Program, where: str) -> None:
       if got != (want.shape, want.dtype):
         raise ArtifactError(f"{where}: op {o.name!r} ({o.kind}) gives {got[1]}{list(got[0])}, it declares "
                             f"{want.dtype}{list(want.shape)} (at batch {PROBE_BATCH})")
+      if o.kind == "matmul" and o.attrs["k"] != env[o.inputs[0]].shape[-1]:   # the checker bounds with attrs k
+        raise ArtifactError(f"{where}: op {o.name!r} (matmul) declares k={o.attrs['k']}, it contracts "
+                            f"{env[o.inputs[0]].shape[-1]} terms")
       env[o.name] = y
     try:
       finish_prediction(**interpreter._outputs(program, consts, env), settings=settings)
@@ -711,12 +721,12 @@ def _trace(program: Program, where: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def default_target() -> TargetSpec:
-  """The target of `configs/argo.py` (the same in every variant), for artifacts that record none."""
+def default_target() -> TargetSpec | None:
+  """The target of `configs/argo.py` (the same in every variant), or None where the package runs without the
+  repository's configs (a deployment host: artifacts record their target)."""
   path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "argo.py"
   if not path.is_file():
-    raise ArtifactError(f"the artifact records no target and there is no default target ({path} is missing): "
-                        "recompile it with the target recorded")
+    return None
   module_spec = importlib.util.spec_from_file_location("densetnt_default_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -730,6 +740,9 @@ def _check_target(program: Program, target: dict | None, where: str) -> None:
     spec = default_target() if target is None else TargetSpec.from_config(target)
   except (ValueError, TypeError) as e:
     raise ArtifactError(f"{where}: header target: {e}") from None
+  if spec is None:
+    raise ArtifactError(f"{where}: the artifact records no target and there is no default one "
+                        "(configs/argo.py): recompile it where the configs are")
   try:
     report = check_program(program, spec)
   except Exception as e:          # noqa: BLE001  the checker must not let a crafted program crash the loader
