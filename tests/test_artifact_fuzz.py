@@ -266,7 +266,7 @@ def mutations(data: bytes, count: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   header, blob = split(data)
   text = artifact.encode_header(header)
-  for i in range(count):
+  for _ in range(count):
     r = rng.random()
     if r < 0.25:
       out = bytearray(data)
@@ -306,7 +306,7 @@ def test_fuzz_every_mutation_is_refused_or_runs(small, tmp_path):
   program, data, expected = small
   inputs = small_inputs()
   path = str(tmp_path / "case.dtnt")
-  outcome, peaks = {}, []
+  outcome, peaks, other_programs_run = {}, [], 0
   for i, (cls, name, mutated) in enumerate(mutations(data, FUZZ_CASES)):
     with open(path, "wb") as f:
       f.write(mutated)
@@ -331,13 +331,16 @@ def test_fuzz_every_mutation_is_refused_or_runs(small, tmp_path):
     else:
       assert cls == "forge", (i, name)
       assert [np.shape(v)[0] for v in got] == [BATCH] * len(expected), (i, name)
+      other_programs_run += 1
   summary = {f"{c}/{n}": f"{sum(v)}/{len(v)} loaded" for (c, n), v in sorted(outcome.items())}
   assert sum(len(v) for v in outcome.values()) == FUZZ_CASES
   assert not any(any(v) for (c, _), v in outcome.items() if c != "forge"), summary
-  for forged in ("negative_shape", "huge_offset", "unknown_kind", "missing_const", "text-deep-nesting",
-                 "text-huge-int", "text-nan", "overlap"):
+  for forged in ("negative_shape", "huge_offset", "unknown_kind", "missing_const", "input_ref", "overlap",
+                 "text-deep-nesting", "text-huge-int", "text-huge-float", "text-nan", "text-duplicate-key",
+                 "text-bad-utf8", "text-not-an-object", "text-cut"):
     assert not any(outcome[("forge", forged)]), (forged, summary)
   assert all(outcome[("forge", "info")]), summary                 # a valid edit: loads, runs bit for bit
+  assert other_programs_run >= 10, summary                        # valid forgeries (weights, meta) ran
   worst = max(peaks, key=lambda p: p[0] - 3 * p[1])
   assert worst[0] <= 3 * worst[1] + 2**18, worst
 
