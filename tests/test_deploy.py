@@ -350,7 +350,8 @@ CORRUPT = {
                     r"corrupt header JSON \(ValueError: 'Exceeds"),
     "declared-shape-lies": (lambda d: _rebuild(d, _lying_shape), r"op '[^']+' \(dense\) gives int\d+\[65537, "
                             r"[\d, ]+\], it declares"),
-    "matmul-k-lies": (lambda d: _rebuild(d, _matmul_k), r"\(matmul\) declares k=\d+, it contracts \d+ terms"),
+    "matmul-k-lies": (lambda d: _rebuild(d, _matmul_k), r"layer [^ ]+ rule operands: attr k = \d+, but its "
+                      r"producers contract K = \d+"),
     "checker-violation": (lambda d: _rebuild(d, _shift_60),
                           r"does not fit target j6e-class: layer [^ ]+ rule shift: requant shift in \[\d+, 60\]"),
 }
