@@ -261,7 +261,7 @@ def run(config, workdir: str, out_dir: str | None = None, reps: int = 5, measure
     return 1
   out_dir = out_dir or os.path.join(workdir, "deploy")
   path = os.path.join(out_dir, ARTIFACT_NAME)
-  written = artifact.write(program, path, info=dict(target=spec.name, workdir=str(workdir)))
+  written = artifact.write(program, path, info=dict(target=spec.name, workdir=str(workdir)), target=spec)
   print(f"checked against {spec.name}: PASS; wrote {path}: {written['nbytes']} bytes, "
         f"sha256 {written['sha256'][:16]}...")
 
