@@ -128,21 +128,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
     # a config file's own error arrives as a traceback in the message: its first and last lines say it
     _exit_one_line(" ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines) + f"; {HELP_HINT}")
   except (AttributeError, KeyError) as e:     # config_flags: an override of a field the config does not have
+    message = _override_error(argv, e)
+    if message is None:                      # not about an override: a bug (e.g. in a config file)
+      raise
     if _verbose():
       traceback.print_exception(e)
-    _exit_one_line(_override_error(argv, e))
+    _exit_one_line(message)
   _check_config_files()
   return args
 
 
-def _override_error(argv: list[str], error: BaseException) -> str:
+def _override_error(argv: list[str], error: BaseException) -> str | None:
+  """The line for a config override naming a missing field, or None when no override names that field."""
   while error.args and isinstance(error.args[0], BaseException):   # AttributeError(KeyError(message))
     error = error.args[0]
   text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
-  lines = [line.strip() for line in text.splitlines() if line.strip()] or ["?"]
+  lines = [line.strip() for line in text.splitlines() if line.strip()] or [""]
   field = lines[0].strip("'\"")
-  overrides = [a for a in argv[1:] if a.startswith("--") and "." in a.split("=")[0]]
-  named = [a for a in overrides if field in a.split("=")[0][2:].split(".")] or overrides
+  named = [a for a in argv[1:] if a.startswith("--") and field in a.split("=")[0][2:].split(".")[1:]]
+  if not named:
+    return None
   hint = f" ({' '.join(lines[1:])})" if len(lines) > 1 else ""
   return f"{' '.join(named)}: the config has no field {field!r}{hint}; fix the override's name"
 
