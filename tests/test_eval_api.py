@@ -140,9 +140,9 @@ def _observed_part(csv_in, csv_out, steps: int = 20):
 @pytest.fixture(scope="module")
 def more_splits(run, argo_dir, tmp_path_factory):
   """Two more splits beside the run's (in its source root, whose parsed maps this process keeps), packed to
-  their own LMDB dir: val_extra/ with the 6 val CSVs, one that fails to pack (123.csv) and one added after the
-  pack; test_obs/ with 3 of the val CSVs cut to their 20 observed steps.
-  -> (config reading that LMDB dir, the CSV added after the pack)."""
+  their own LMDB dir: val_extra/ with the 6 val CSVs, one far off the map (777.csv: packed with a warning),
+  one that fails to pack (123.csv) and one added after the pack; test_obs/ with 3 of the val CSVs cut to their
+  20 observed steps. -> (config reading that LMDB dir, the CSV added after the pack)."""
   config, _, src = run
   lmdb = tmp_path_factory.mktemp("more_splits") / "lmdb"
   val_csvs = sorted((src / "val" / "data").iterdir())
@@ -151,10 +151,15 @@ def more_splits(run, argo_dir, tmp_path_factory):
   for f in val_csvs:
     os.symlink(os.path.realpath(f), src / "val_extra" / "data" / f.name)
   (src / "val_extra" / "data" / "123.csv").write_text("not,a,forecasting,csv\n")
+  with open(val_csvs[0], newline="") as f:
+    rows = list(csv.reader(f))
+  with open(src / "val_extra" / "data" / "777.csv", "w", newline="") as f:   # 50 km east: no lane near
+    csv.writer(f).writerows(rows[:1] + [r[:3] + [repr(float(r[3]) + 50_000.0)] + r[4:] for r in rows[1:]])
   for f in val_csvs[:3]:
     _observed_part(f, src / "test_obs" / "data" / f.name)
   summary = pack_split(src, "val_extra", lmdb, config.data, progress=False)
-  assert summary.packed == 6 and [os.path.basename(p) for p, _ in summary.failed] == ["123.csv"]
+  assert summary.packed == 7 and [os.path.basename(p) for p, _ in summary.failed] == ["123.csv"]
+  assert [os.path.basename(p) for p, _ in summary.warnings] == ["777.csv"]
   pack_split(src, "test", lmdb, config.data, progress=False)
   unpacked = sorted((argo_dir / "val" / "data").glob("*.csv"))[6]
   os.symlink(unpacked, src / "val_extra" / "data" / unpacked.name)
@@ -176,10 +181,14 @@ def test_write_h5_refuses_a_split_cut_short_or_not_all_packed(run, more_splits, 
   with pytest.raises(ValueError) as e:
     evaluate(other, str(workdir), split="val_extra", write_h5=str(h5), progress=False)
   message, lmdb = str(e.value), other.data.lmdb_dir
-  assert f"2 of the 8 sequences of {src}/val_extra/data are missing" in message
+  assert f"2 of the 9 sequences of {src}/val_extra/data are missing" in message
   assert f"1 failed to pack (reasons in {lmdb}/val_extra_pack_errors.log): [123]" in message
   assert f"1 not in the packed split {lmdb}/val_extra_lmdb (pack it: " in message
   assert f": [{unpacked.stem}]" in message
+  other.data.skip_unusable_scenes = "all"                # the off-map scene is left out when loading too
+  with pytest.raises(ValueError, match=r"3 of the 9 .*; 1 skipped as unusable \(config.data.skip_unusable_scenes="
+                     r"'all'; 'none' keeps them\): \[777\]"):
+    evaluate(other, str(workdir), split="val_extra", write_h5=str(h5), progress=False)
   assert not os.path.exists(h5) and not os.path.exists(f"{h5}.partial")
 
 

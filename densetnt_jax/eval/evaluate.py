@@ -7,6 +7,7 @@ futures (test) gets the file and no metrics.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -90,24 +91,30 @@ def split_sequences(data_config, split: str, dataset: ArgoverseDataset) -> tuple
                     "split %s only, not against the sequences it was packed from", csv_dir, dataset.path)
     return None, {}, f"the packed split {dataset.path}"
   expected = source_sequence_ids(csv_dir)
-  error_log = os.path.join(str(data_config.lmdb_dir), f"{split}_pack_errors.log")
-  reasons = {f"failed to pack (reasons in {error_log})": _failed_to_pack(error_log),
+  logs = sorted(glob.glob(os.path.join(str(data_config.lmdb_dir), f"{split}_pack_errors*.log")))  # one per shard
+  policy = data_config.get("skip_unusable_scenes", "train")
+  reasons = {f"failed to pack (reasons in {', '.join(logs)})": _failed_to_pack(logs),
+             f"skipped as unusable (config.data.skip_unusable_scenes={policy!r}; 'none' keeps them)":
+                 set(dataset.skipped),
              f"not in the packed split {dataset.path} (pack it: bin/argoverse_packer.py --mode={split})":
                  expected - set(dataset.seq_ids.tolist())}
   return expected, reasons, csv_dir
 
 
-def _failed_to_pack(error_log: str) -> set[int]:
-  """The sequence ids the packer's error log lists (`path<TAB>reason` lines; none without a log)."""
-  if not os.path.exists(error_log):
-    return set()
+def _failed_to_pack(error_logs: list[str]) -> set[int]:
+  """The sequence ids the packer's logs list as failures (`path<TAB>reason` lines; not `warning:` ones,
+  which were packed)."""
   ids = set()
-  with open(error_log, errors="replace") as f:
-    for line in f:
-      try:
-        ids.add(seq_id_from_path(line.split("\t", 1)[0]))
-      except ValueError:        # a line that names no sequence
-        pass
+  for error_log in error_logs:
+    with open(error_log, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        path, _, why = line.rstrip("\n").partition("\t")
+        if why.startswith("warning:"):
+          continue
+        try:
+          ids.add(seq_id_from_path(path))
+        except ValueError:        # a line that names no sequence
+          pass
   return ids
 
 
