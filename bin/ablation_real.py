@@ -1,7 +1,7 @@
 """The README's real-traffic ablation: today's network (HAT's sparse goals + NMS), each DenseTNT addition on its
 own, and all together, float and int, on real val (99) and val_large (499), beside constant velocity.
 
-  python bin/ablation_real.py [--train] [--splits val,val_large] [--runs runs]      # or: make ablation
+  python bin/ablation_real.py [--train] [--splits=val,val_large] [--runs=runs]      # or: make ablation
 
 Each trained variant is a workdir (configs/argo.py:real with the variant's overrides; "all" is the config as
 it is, `make real`'s runs/real); `--train` runs its missing stages (float, calibration, QAT, int: 15-20 min
@@ -12,11 +12,14 @@ Post-processing rows (endpoint, selection) reuse a variant's checkpoints and pro
 each variant was chosen on val (99 scenes), so val_large (the 400 held-out archive scenes + those 99) is the
 cleaner yardstick for comparing rows.
 """
-import argparse
 import importlib.util
 import json
 import os
 import pathlib
+
+from absl import app, flags
+
+from densetnt_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,6 +50,15 @@ ROWS = (
 )
 KEYS = ("minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
+flags.DEFINE_bool("train", False, "Train the variants' missing stages first.")
+flags.DEFINE_list("splits", ["val", "val_large"], "Splits of the table ('' trains only).")
+flags.DEFINE_string("runs", "runs", "Directory of the variants' workdirs and ablation_real.json.")
+flags.DEFINE_list("stages", ["float", "int"], "Stages in the table (a variant's missing one is left out).")
+flags.DEFINE_list("variants", list(VARIANTS), "The variants trained and evaluated.")
+flags.DEFINE_bool("redo", False, "Re-evaluate rows already in RUNS/ablation_real.json.")
+flags.DEFINE_list("train_stages", ["float", "calibration", "qat", "int"], "The stages --train runs.")
+FLAGS = flags.FLAGS
+
 
 def has_stage(workdir: str, stage: str) -> bool:
   """The stage's output exists: its program (int) or its best checkpoint."""
@@ -66,16 +78,12 @@ def real_config(variant: str, selection: str | None = None, endpoint: str | None
   return c
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--train", action="store_true", help="train the variants' missing stages first")
-  parser.add_argument("--splits", default="val,val_large", help="'' trains only")
-  parser.add_argument("--runs", default="runs")
-  parser.add_argument("--stages", default="float,int", help="stages in the table (a variant's missing one is left out)")
-  parser.add_argument("--variants", default=",".join(VARIANTS), help="the variants trained and evaluated")
-  parser.add_argument("--redo", action="store_true", help="re-evaluate rows already in runs/ablation_real.json")
-  parser.add_argument("--train_stages", default="float,calibration,qat,int", help="the stages --train runs")
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  unknown = sorted(set(FLAGS.variants) - set(VARIANTS))
+  if unknown:
+    raise app.UsageError(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
   import densetnt_jax
   from densetnt_jax.data.loader import ArgoverseDataset
   from densetnt_jax.data.pack import split_lmdb_path
@@ -83,25 +91,25 @@ def main():
   from densetnt_jax.pipelines import run_stages
   from densetnt_jax.train.checkpoint import quiet_orbax_logging
   quiet_orbax_logging()
-  workdir = {v: os.path.join(args.runs, spec["workdir"]) for v, spec in VARIANTS.items()}
-  if args.train:
-    wanted = args.train_stages.split(",")
-    for v in args.variants.split(","):
+  workdir = {v: os.path.join(FLAGS.runs, spec["workdir"]) for v, spec in VARIANTS.items()}
+  if FLAGS.train:
+    wanted = FLAGS.train_stages
+    for v in FLAGS.variants:
       missing = [s for s in wanted if s == "float" or not has_stage(workdir[v], s)]
       run_stages(real_config(v), workdir[v], tuple(missing))
-  if not args.splits:
+  if not FLAGS.splits:
     return
-  path = os.path.join(args.runs, "ablation_real.json")
+  path = os.path.join(FLAGS.runs, "ablation_real.json")
   results = json.load(open(path)) if os.path.exists(path) else {}   # rows of variants not re-run are kept
-  for split in args.splits.split(","):
+  for split in FLAGS.splits:
     for name, variant, selection, endpoint in ROWS:
-      if variant not in args.variants.split(","):
+      if variant not in FLAGS.variants:
         continue
       config = real_config(variant, selection, endpoint)
-      for stage in args.stages.split(","):
+      for stage in FLAGS.stages:
         if not has_stage(workdir[variant], stage):
           continue
-        if f"{split}/{name}/{stage}" in results and not args.redo:
+        if f"{split}/{name}/{stage}" in results and not FLAGS.redo:
           continue
         predictor = densetnt_jax.load(workdir[variant], stage=stage, config=config)
         dataset = ArgoverseDataset(split_lmdb_path(config.data.lmdb_dir, split), config.data)
@@ -111,7 +119,7 @@ def main():
         print(f"{split} {name} [{stage}]: " + ", ".join(f"{k} {r['model'][k]:.3f}" for k in KEYS), flush=True)
       with open(path, "w") as f:
         json.dump(results, f, indent=1)
-  print(markdown_table(results, args.splits.split(",")))
+  print(markdown_table(results, FLAGS.splits))
   print(f"wrote {path}")
 
 
@@ -130,4 +138,4 @@ def markdown_table(results: dict, splits: list) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -16,9 +16,10 @@ import os
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.synthetic import write_synthetic_city
@@ -138,4 +139,4 @@ def deployment(cfg) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

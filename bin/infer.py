@@ -6,7 +6,7 @@ the 2 m miss circle), the same scene for several stages side by side, a contact 
   python bin/infer.py --config=configs/argo.py:demo --save-path runs/demo/infer --stages=float,int --num 4
   python bin/infer.py --config=configs/argo.py:demo --save-path runs/demo/infer --grid 9 --select=worst
 """
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from densetnt_jax import cli
@@ -39,19 +39,12 @@ def main(argv):
   stages = FLAGS.stages or [FLAGS.stage]
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
-    raise SystemExit(f"error: --stages={','.join(stages)}: unknown {unknown}; expected some of {list(STAGES)}")
+    raise app.UsageError(f"--stages={','.join(stages)}: unknown {unknown}; expected some of {list(STAGES)}")
   num = FLAGS.num if (FLAGS.grid <= 0 or FLAGS["num"].present) else 0
-  cli.exit_with(_draw, stages, num)
-
-
-def _draw(stages, num) -> int:
-  try:
-    paths = run(FLAGS.config, FLAGS.workdir or FLAGS.config.workdir, FLAGS.save_path, stages=stages, num=num,
-                grid=FLAGS.grid, select=FLAGS.select, seed=FLAGS.seed, view=FLAGS.view, split=FLAGS.split,
-                batch_size=FLAGS.batch_size, max_scenes=FLAGS.max_scenes, dpi=FLAGS.dpi)
-    print(f"wrote {len(paths)} PNGs to {FLAGS.save_path}")
-  except ValueError as e:   # a bad input (e.g. an empty split): one line
-    raise SystemExit(f"error: {e}") from None
+  paths = run(FLAGS.config, FLAGS.workdir or FLAGS.config.workdir, FLAGS.save_path, stages=stages, num=num,
+              grid=FLAGS.grid, select=FLAGS.select, seed=FLAGS.seed, view=FLAGS.view, split=FLAGS.split,
+              batch_size=FLAGS.batch_size, max_scenes=FLAGS.max_scenes, dpi=FLAGS.dpi)
+  print(f"wrote {len(paths)} PNGs to {FLAGS.save_path}")
   return 0
 
 

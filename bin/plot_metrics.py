@@ -16,16 +16,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: bin/plot_metrics.py WORKDIR [--out=DIR]")
-  cli.exit_with(_plot, argv[1])
-
-
-def _plot(workdir) -> int:
-  try:
-    for path in plot_metrics(workdir, FLAGS.out, dpi=FLAGS.dpi):
-      print(f"wrote {path}")
-  except ValueError as e:   # e.g. an unreadable metrics.jsonl: one line
-    raise SystemExit(f"error: {e}") from None
+    raise app.UsageError("expected one argument, the workdir: bin/plot_metrics.py WORKDIR [--out=DIR]")
+  for path in plot_metrics(argv[1], FLAGS.out, dpi=FLAGS.dpi):
+    print(f"wrote {path}")
   return 0
 
 

@@ -11,9 +11,10 @@ per point for the tiny config, more for the full one; --group-depth or --layers 
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.eval.sensitivity import MODES, covered, format_sensitivity, sensitivity_workdir, suggest_int16
 
 flags.DEFINE_string("workdir", None, "Workdir holding the calibration checkpoint (default: config.workdir).")
@@ -32,12 +33,9 @@ def main(argv):
   del argv
   cfg = FLAGS.config
   workdir = FLAGS.workdir or cfg.workdir
-  try:
-    result = sensitivity_workdir(cfg, workdir, stage=FLAGS.stage, mode=FLAGS.mode, num_batches=FLAGS.num_batches,
-                                 batch_size=FLAGS.batch_size, layers=FLAGS.layers, group_depth=FLAGS.group_depth,
-                                 progress=lambda line: print(line, flush=True))
-  except FileNotFoundError as e:
-    raise SystemExit(f"error: {e}") from None
+  result = sensitivity_workdir(cfg, workdir, stage=FLAGS.stage, mode=FLAGS.mode, num_batches=FLAGS.num_batches,
+                               batch_size=FLAGS.batch_size, layers=FLAGS.layers, group_depth=FLAGS.group_depth,
+                               progress=lambda line: print(line, flush=True))
   int16 = tuple(cfg.quant.get("int16", ()) or ())
   print()
   print(format_sensitivity(result, int16))
@@ -55,7 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_alias("num-batches", "num_batches")
-  flags.DEFINE_alias("batch-size", "batch_size")
-  flags.DEFINE_alias("group-depth", "group_depth")
-  app.run(main)
+  cli.run(main)

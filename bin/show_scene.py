@@ -9,6 +9,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.scene import decode_city
 from densetnt_jax.data.vectorize import vectorize_csv
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

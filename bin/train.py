@@ -12,6 +12,7 @@ from the previous one's best checkpoint, and the trained stages (float, qat) res
 from absl import app, flags
 from ml_collections import config_flags
 
+from densetnt_jax import cli
 from densetnt_jax.train import checkpoint, distributed
 
 flags.DEFINE_enum("stage", "float", ["float", "calibration", "qat", "int"], "Training stage.")
@@ -29,15 +30,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   checkpoint.quiet_orbax_logging()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from densetnt_jax.train.stages import MissingStageError, run_stage  # after initialize: touches no device
+  from densetnt_jax.train.stages import run_stage  # after initialize: touches no device
 
   config = FLAGS.config
-  try:
-    metrics = run_stage(config, FLAGS.workdir or config.workdir, FLAGS.stage)
-  except MissingStageError as e:
-    raise SystemExit(f"error: {e}") from None
+  metrics = run_stage(config, FLAGS.workdir or config.workdir, FLAGS.stage)
   print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

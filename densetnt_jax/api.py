@@ -97,7 +97,9 @@ def load(workdir, stage: str = "float", *, which: str = "best", config=None) -> 
   """The predictor of a training workdir's stage; `config` defaults to the run's saved config.json.
 
   `which="best"` (lowest val minFDE_k6) falls back to the latest checkpoint if the run was never validated
-  (float, qat). The int stage loads `{workdir}/int/program` (`which` does not apply).
+  (float, qat); a best checkpoint that is there but does not restore raises `CheckpointError` (its path, step
+  and what to do) rather than quietly predicting with another state. The int stage loads
+  `{workdir}/int/program` (`which` does not apply).
   """
   from densetnt_jax.train.checkpoint import load_config, restore_stage
   from densetnt_jax.train.stages import load_program

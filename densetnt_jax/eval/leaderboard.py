@@ -3,7 +3,9 @@
 One HDF5 dataset `argoverse_forecasting` of float64 rows `[seq_id, x, y, prob]` (x, y rounded to float32 first,
 as the reference does), 30 rows per trajectory, 6 trajectories per sequence, city coordinates, gzip level 9
 (h5py picks the chunks, as in the reference). Rows are sorted by seq_id; within a sequence the trajectories
-keep the given order. The writer refuses incomplete submissions rather than write a file the server rejects.
+keep the given order. The writer refuses incomplete submissions rather than write a file the server rejects
+(`refuse_incomplete`, naming the missing sequences and why each is missing), and writes through a temporary
+file, so a refused or interrupted write leaves no partial file at the path.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import os
 
 import h5py
 import numpy as np
+
+from densetnt_jax.data.argoverse import seq_id_from_path
 
 DATASET = "argoverse_forecasting"
 NUM_MODES = 6
@@ -23,26 +27,56 @@ def _ids_text(ids, limit: int = 5) -> str:
   return ", ".join(str(i) for i in ids[:limit]) + more
 
 
+def source_sequence_ids(csv_dir) -> set[int]:
+  """The sequence ids of a split's source directory: every `<seq_id>.csv` name in it, whatever the file (one
+  that failed to pack is still a sequence the leaderboard expects); other names are no sequence."""
+  ids = set()
+  for name in os.listdir(str(csv_dir)):
+    if name.endswith(".csv"):
+      try:
+        ids.add(seq_id_from_path(name))
+      except ValueError:        # DataError, or int() of a non-ASCII digit string
+        pass
+  return ids
+
+
+def refuse_incomplete(path: str, expected_seq_ids, seq_ids, missing_reasons: dict | None = None,
+                      expected_from: str = "the expected split") -> None:
+  """Raises ValueError unless `seq_ids` are exactly `expected_seq_ids`. The message groups the missing ones
+  by `missing_reasons` ({reason: ids}, the first reason that holds an id names it) and says what to do."""
+  expected, got = {int(s) for s in expected_seq_ids}, {int(s) for s in seq_ids}
+  missing, extra = expected - got, got - expected
+  if missing:
+    groups, left = [], set(missing)
+    for reason, ids in (missing_reasons or {}).items():
+      named = left & {int(i) for i in ids}
+      if named:
+        groups.append(f"{len(named)} {reason}: [{_ids_text(named)}]")
+        left -= named
+    if left:
+      groups.append(f"{len(left)} with no prediction: [{_ids_text(left)}]")
+    raise ValueError(f"{path} not written: {len(missing)} of the {len(expected)} sequences of {expected_from} "
+                     f"are missing ({'; '.join(groups)}); the leaderboard needs every one")
+  if extra:
+    raise ValueError(f"{path} not written: {len(extra)} sequences are not in {expected_from}: [{_ids_text(extra)}]")
+
+
 def write_leaderboard_h5(path: str, trajs_by_seq: dict[int, np.ndarray], probs_by_seq: dict[int, np.ndarray],
-                         expected_seq_ids=None) -> None:
+                         expected_seq_ids=None, *, missing_reasons: dict | None = None,
+                         expected_from: str = "the expected split") -> None:
   """Writes `{seq_id: (6,30,2) city xy}` and `{seq_id: (6,)}` probabilities to `path`.
 
-  Raises ValueError (and writes nothing) if a sequence of `expected_seq_ids` is missing or one not expected
-  is present, if trajectories and probabilities cover different sequences, or if a sequence does not hold
-  exactly 6 trajectories of 30 finite steps with 6 finite probabilities.
+  Raises ValueError (and writes nothing) if a sequence of `expected_seq_ids` is missing (`refuse_incomplete`:
+  `missing_reasons` and `expected_from` word the message) or one not expected is present, if trajectories and
+  probabilities cover different sequences, or if a sequence does not hold exactly 6 trajectories of 30 finite
+  steps with 6 finite probabilities.
   """
   traj_ids, prob_ids = {int(s) for s in trajs_by_seq}, {int(s) for s in probs_by_seq}
   if traj_ids != prob_ids:
     raise ValueError(f"{path}: trajectories and probabilities cover different sequences: only trajectories for "
                      f"[{_ids_text(traj_ids - prob_ids)}], only probabilities for [{_ids_text(prob_ids - traj_ids)}]")
   if expected_seq_ids is not None:
-    expected = {int(s) for s in expected_seq_ids}
-    missing, extra = expected - traj_ids, traj_ids - expected
-    if missing:
-      raise ValueError(f"{path}: {len(missing)} of {len(expected)} expected sequences have no prediction: "
-                       f"[{_ids_text(missing)}]; predict every sequence of the split before writing")
-    if extra:
-      raise ValueError(f"{path}: {len(extra)} sequences are not in the expected split: [{_ids_text(extra)}]")
+    refuse_incomplete(path, expected_seq_ids, traj_ids, missing_reasons, expected_from)
   if not traj_ids:
     raise ValueError(f"{path}: no sequences to write")
   rows = []
@@ -58,8 +92,14 @@ def write_leaderboard_h5(path: str, trajs_by_seq: dict[int, np.ndarray], probs_b
     rows.append(np.concatenate([np.full((len(xy_Rx2), 1), float(int(seq_id))), xy_Rx2,
                                 np.repeat(probs_K, FUTURE_STEPS)[:, None]], axis=1))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with h5py.File(path, "w") as f:
-    f.create_dataset(DATASET, data=np.concatenate(rows, axis=0), compression="gzip", compression_opts=9)
+  partial = f"{path}.partial"
+  try:
+    with h5py.File(partial, "w") as f:
+      f.create_dataset(DATASET, data=np.concatenate(rows, axis=0), compression="gzip", compression_opts=9)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
 
 
 def read_leaderboard_h5(path: str) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:

@@ -6,7 +6,9 @@ sharded on it, params and optimizer state are replicated. Each process reads onl
 batch. Resume is exact: the data order of step s is (epoch s // steps_per_epoch, batch s % steps_per_epoch)
 of a shuffle seeded by (config.seed, epoch), and no randomness is carried in host state (the step takes no
 key: the model has no dropout; a step that needs one gets `jax.random.fold_in(key, step)`), so a killed run
-resumed from its latest checkpoint ends with the same parameters as an uninterrupted run.
+resumed from its latest checkpoint ends with the same parameters as an uninterrupted run. A latest checkpoint
+that does not restore (damaged files) is reported and the run resumes from the newest intact one
+(`checkpoint.restore_newest_intact`).
 
 QAT is the same loop on the fake-quant model: it starts from the calibration checkpoint's params and carries its
 quant state (activation scales) in the train state, unchanged (the model gets it as a non-mutable collection),
@@ -265,8 +267,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
   latest = ckpt.latest_manager(ckpt.checkpoint_dir(workdir, stage, "latest"), t.keep_checkpoints)
   best = ckpt.best_manager(ckpt.checkpoint_dir(workdir, stage, "best"))
   step = 0
-  if latest.latest_step() is not None:
-    restored = ckpt.restore_into(latest, latest.latest_step(), state.params, state.opt_state, state.quant)
+  try:
+    restored = ckpt.restore_newest_intact(latest, state.params, state.opt_state, state.quant)
+  except ckpt.CheckpointError:
+    latest.close()
+    best.close()
+    raise
+  if restored is not None:
     params, opt_state, meta = restored[0], restored[1], restored[-1]
     if meta["steps_per_epoch"] != steps_per_epoch:
       raise ValueError(f"{latest.directory} was trained with {meta['steps_per_epoch']} steps per epoch, the "
