@@ -239,7 +239,7 @@ def test_missing_input_checkpoint_says_which_stage_to_run(lmdb_dir, tmp_path, pi
   assert os.listdir(tmp_path) == []
   proc, empty = procs["train_int_missing"]
   rc, _, err = _finish(proc)
-  assert rc == 1 and "run --stage=qat first" in err and os.listdir(empty) == []
+  assert rc == 2 and "run --stage=qat first" in err and os.listdir(empty) == []
 
 
 def _points_of(quant):
