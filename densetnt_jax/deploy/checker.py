@@ -56,8 +56,6 @@ from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.program import GLUE, Op, Program
 
-RULES = ("graph", "op-supported", "op-bits", "scale", "static-shape", "accumulator", "multiplier", "shift", "lut",
-         "tensor-size", "operands")
 LUTS_BY_KIND = {"softmax": ("EXP_TABLE", "RECIP_TABLE"), "layernorm": ("RSQRT_TABLE",)}
 ACCUMULATOR_KINDS = ("dense", "matmul", "add", "mask_add", "layernorm", "softmax", "dense_grid", "dense_grid_mask")
 INT32_MAX = 2**31 - 1
@@ -467,128 +465,199 @@ def check_program(program: Program, spec: TargetSpec) -> CheckReport:
   return CheckReport(spec, rows, violations)
 
 
-def _check_op(o: Op, tensors: dict, spec: TargetSpec, fail) -> LayerRow:
-  """Every rule on one op; records its output's facts in `tensors`."""
-  acc_bits = min(spec.accumulator_bits, 32)                # the integer kernels are int32 whatever the target
-  acc_limit = 2**(acc_bits - 1) - 1
-  spec_mult_limit = 2**(spec.multiplier_bits - 1) - 1
-  mult_limit = min(spec_mult_limit, KERNEL_MULT_MAX)
-  mult_why = f"{spec.multiplier_bits}-bit signed" if spec_mult_limit <= KERNEL_MULT_MAX else \
+@dataclasses.dataclass
+class OpUnderCheck:
+  """One op as the rules see it, and what they find: the rules run in `OP_RULES` order, each reading what the
+  earlier ones recorded (`ins` from graph, `consts_ok` / `out` from operands) and adding the row's numbers."""
+  op: Op
+  spec: TargetSpec
+  tensors: dict                    # name -> TensorFacts of every earlier op and program input
+  fail: Any
+  in_bits: tuple = ()
+  ins: list | None = None          # the inputs' facts, when every input is defined
+  consts_ok: bool = False          # constants and attrs usable by the bound rules
+  out: TensorFacts | None = None   # the output's facts as the kernel computes them
+  bound: int | None = None
+  mults: list = dataclasses.field(default_factory=list)
+  shifts: list = dataclasses.field(default_factory=list)
+  nbytes: int = -1
+
+  def violation(self, rule: str, message: str) -> None:
+    self.fail(self.op.name, rule, message)
+
+  @property
+  def acc_bits(self) -> int:
+    return min(self.spec.accumulator_bits, 32)            # the integer kernels are int32 whatever the target
+
+  @property
+  def mult_limit(self) -> int:
+    return min(2**(self.spec.multiplier_bits - 1) - 1, KERNEL_MULT_MAX)
+
+  def requants(self):
+    """(prefix, mult, shift, pre) of each requant triple, as int64 arrays."""
+    for p in _requant_prefixes(self.op):
+      yield (p, _ints(self.op.consts[f"{p}mult"]), _ints(self.op.consts[f"{p}shift"]),
+             _ints(self.op.consts.get(f"{p}pre", np.zeros((), np.int64))))
+
+
+def rule_graph(c: OpUnderCheck) -> None:
+  """Every input defined by an earlier op or a program input; no name defined twice."""
+  missing = [i for i in c.op.inputs if i not in c.tensors]
+  if missing:
+    c.violation("graph", f"reads {missing}, which no earlier op or program input defines")
+  else:
+    c.ins = [c.tensors[i] for i in c.op.inputs]
+  if c.op.name in c.tensors:
+    c.violation("graph", f"defines {c.op.name!r} again: an earlier op or a program input has that name")
+
+
+def rule_op_supported(c: OpUnderCheck) -> None:
+  """The target computes this kind on chip, or it is a layout or host op."""
+  o, spec = c.op, c.spec
+  if not (o.kind in spec.op_bits or o.kind in spec.layout_ops or o.kind in spec.host_ops):
+    c.violation("op-supported", f"op kind {o.kind!r} is not supported by target {spec.name!r} (compute: "
+                f"{sorted(spec.op_bits)}, layout: {list(spec.layout_ops)}, host: {list(spec.host_ops)})")
+
+
+def rule_scale(c: OpUnderCheck) -> None:
+  """Code tensors have a finite positive scale; input widths match the producers'; float constants are scales."""
+  o = c.op
+  if o.bits and (o.scale is None or not math.isfinite(o.scale) or o.scale <= 0):
+    c.violation("scale", f"int{o.bits} code tensor without a finite positive scale (scale={o.scale})")
+  if o.kind not in GLUE and c.in_bits and c.ins is not None:
+    got = tuple(t.bits for t in c.ins)
+    if c.in_bits != got:
+      c.violation("scale", f"expects input widths {c.in_bits}, its producers give {got}")
+  for k in FLOAT_CONSTS:
+    v = np.asarray(o.consts.get(k, 1.0))
+    if v.dtype.kind == "f" and not (v.size and np.all(np.isfinite(v)) and np.all(v > 0)):
+      c.violation("scale", f"stored {k} {v.ravel()[:4].tolist()} is not a finite positive float32 scale")
+
+
+def rule_static_shape(c: OpUnderCheck) -> None:
+  _check_shape(c.op.name, c.op.shape, c.fail)
+
+
+def rule_operands(c: OpUnderCheck) -> None:
+  """Constants and attrs the kernel reads are there and typed; the kernel gives the declared shape."""
+  c.consts_ok, c.out = _check_operands(c.op, c.ins, c.spec, c.fail)
+
+
+def rule_op_bits(c: OpUnderCheck) -> None:
+  """Output and input code widths the target computes; dense weights within the target's (and the kernel's
+  int8) weight range."""
+  o, spec = c.op, c.spec
+  if o.kind in spec.op_bits and o.bits not in spec.op_bits[o.kind]:
+    c.violation("op-bits", f"{o.kind} with int{o.bits} output; target {spec.name!r} allows "
+                + "/".join(f"int{b}" for b in spec.op_bits[o.kind]) + f" for {o.kind}")
+  if o.kind not in GLUE:
+    wide = [b for b in c.in_bits if b and b not in (8, 16)]
+    if wide:
+      c.violation("op-bits", f"code inputs of {wide} bits; the target reads int8/int16 codes")
+  if c.consts_ok and o.kind == "dense":
+    w = _ints(o.consts["w_q"])
+    lim = min(2**(spec.weight_bits - 1) - 1, 127)            # the kernel narrows weights to int8
+    if np.asarray(o.consts["w_q"]).dtype.itemsize * 8 > spec.weight_bits or _absmax(w) > lim:
+      c.violation("op-bits", f"weights {o.consts['w_q'].dtype} with max |w_q| {_absmax(w)}; the target takes "
+                  f"int{spec.weight_bits} weights in [-{lim}, {lim}] (the dense kernel reads int8)")
+
+
+def rule_accumulator(c: OpUnderCheck) -> None:
+  """Every int32 intermediate of the kernel bounded for any input in range (`intermediate_bounds`)."""
+  if not (c.consts_ok and c.ins is not None and c.op.kind in ACCUMULATOR_KINDS):
+    return
+  acc_limit = 2**(c.acc_bits - 1) - 1
+  try:
+    bounds = intermediate_bounds(c.op, c.ins)
+  except Unbounded as e:
+    c.violation("accumulator", str(e))
+    return
+  c.bound = max(bounds.values())
+  over = sorted(((v, n) for n, v in bounds.items() if v > acc_limit), reverse=True)
+  if over:
+    c.violation("accumulator", "; ".join(f"int{c.acc_bits} {n} can reach {v} (2^{math.log2(v):.2f})"
+                                         for v, n in over[:3]) + f" > {acc_limit} for inputs in range")
+
+
+def rule_multiplier(c: OpUnderCheck) -> None:
+  """Requant multipliers in [0, limit]; add's operand multipliers <= limit or a power of two (a shift)."""
+  if not (c.consts_ok and c.ins is not None):
+    return
+  o, spec, limit = c.op, c.spec, c.mult_limit
+  why = f"{spec.multiplier_bits}-bit signed" if 2**(spec.multiplier_bits - 1) - 1 <= KERNEL_MULT_MAX else \
       f"mul_shift's 16-bit limbs, although the target allows {spec.multiplier_bits}-bit"
-  in_bits = o.attrs.get("in_bits", ()) if isinstance(o.attrs, dict) else ()
-  in_bits = tuple(in_bits) if isinstance(in_bits, (tuple, list)) else ()
-  # graph
-  ins = None                                               # the inputs' facts, when every input is defined
-  with _Guard(o.name, "graph", fail):
-    missing = [i for i in o.inputs if i not in tensors]
-    if missing:
-      fail(o.name, "graph", f"reads {missing}, which no earlier op or program input defines")
-    else:
-      ins = [tensors[i] for i in o.inputs]
-    if o.name in tensors:
-      fail(o.name, "graph", f"defines {o.name!r} again: an earlier op or a program input has that name")
-  # op-supported / op-bits
-  on_chip = o.kind in spec.op_bits
-  if not (on_chip or o.kind in spec.layout_ops or o.kind in spec.host_ops):
-    fail(o.name, "op-supported", f"op kind {o.kind!r} is not supported by target {spec.name!r} (compute: "
-         f"{sorted(spec.op_bits)}, layout: {list(spec.layout_ops)}, host: {list(spec.host_ops)})")
-  with _Guard(o.name, "op-bits", fail):
-    if on_chip and o.bits not in spec.op_bits[o.kind]:
-      fail(o.name, "op-bits", f"{o.kind} with int{o.bits} output; target {spec.name!r} allows "
-           + "/".join(f"int{b}" for b in spec.op_bits[o.kind]) + f" for {o.kind}")
-    if o.kind not in GLUE:
-      wide = [b for b in in_bits if b and b not in (8, 16)]
-      if wide:
-        fail(o.name, "op-bits", f"code inputs of {wide} bits; the target reads int8/int16 codes")
-  # scale
-  with _Guard(o.name, "scale", fail):
-    if o.bits:
-      if o.scale is None or not math.isfinite(o.scale) or o.scale <= 0:
-        fail(o.name, "scale", f"int{o.bits} code tensor without a finite positive scale (scale={o.scale})")
-    if o.kind not in GLUE and in_bits and ins is not None:
-      got = tuple(t.bits for t in ins)
-      if in_bits != got:
-        fail(o.name, "scale", f"expects input widths {in_bits}, its producers give {got}")
-    for k in FLOAT_CONSTS:
-      v = np.asarray(o.consts.get(k, 1.0))
-      if v.dtype.kind == "f" and not (v.size and np.all(np.isfinite(v)) and np.all(v > 0)):
-        fail(o.name, "scale", f"stored {k} {v.ravel()[:4].tolist()} is not a finite positive float32 scale")
-  # static-shape
-  with _Guard(o.name, "static-shape", fail):
-    _check_shape(o.name, o.shape, fail)
-  # operands
-  consts_ok, out = False, None
-  with _Guard(o.name, "operands", fail):
-    consts_ok, out = _check_operands(o, ins, spec, fail)
-  if consts_ok and o.kind == "dense":
-    with _Guard(o.name, "op-bits", fail):
-      w = _ints(o.consts["w_q"])
-      lim = min(2**(spec.weight_bits - 1) - 1, 127)            # the kernel narrows weights to int8
-      if np.asarray(o.consts["w_q"]).dtype.itemsize * 8 > spec.weight_bits or _absmax(w) > lim:
-        fail(o.name, "op-bits", f"weights {o.consts['w_q'].dtype} with max |w_q| {_absmax(w)}; the target takes "
-             f"int{spec.weight_bits} weights in [-{lim}, {lim}] (the dense kernel reads int8)")
-  # accumulator
-  bound = None
-  if consts_ok and ins is not None and o.kind in ACCUMULATOR_KINDS:
-    with _Guard(o.name, "accumulator", fail):
-      try:
-        bounds = intermediate_bounds(o, ins)
-      except Unbounded as e:
-        fail(o.name, "accumulator", str(e))
-      else:
-        bound = max(bounds.values())
-        over = sorted(((v, n) for n, v in bounds.items() if v > acc_limit), reverse=True)
-        if over:
-          fail(o.name, "accumulator", "; ".join(f"int{acc_bits} {n} can reach {v} (2^{math.log2(v):.2f})"
-                                                for v, n in over[:3]) + f" > {acc_limit} for inputs in range")
-  # multiplier / shift
-  mults, shifts = [], []
-  if consts_ok and ins is not None:
-    for p in _requant_prefixes(o):
-      with _Guard(o.name, "shift", fail):
-        m = _ints(o.consts[f"{p}mult"])
-        s = _ints(o.consts[f"{p}shift"])
-        pre = _ints(o.consts.get(f"{p}pre", np.zeros((), np.int64)))
-        lo_row, hi_row = _row_shift(o, p, ins)
-        mults += [int(m.min()), int(m.max())]
-        shifts += [int(s.min()) + lo_row, int(s.max()) + hi_row]
-        if m.min() < 0 or m.max() > mult_limit:
-          bad = int(m.max()) if m.max() > mult_limit else int(m.min())
-          fail(o.name, "multiplier", f"requant multiplier {p}mult = {bad} is outside [0, {mult_limit}] ({mult_why})")
-        if s.min() + lo_row < 0 or s.max() + hi_row > spec.max_shift:
-          fail(o.name, "shift", f"requant {p}shift in [{int(s.min())}, {int(s.max())}]"
-               + (f" plus a per-row shift in [{lo_row}, {hi_row}]" if hi_row or lo_row else "")
-               + f" leaves [0, {spec.max_shift}]")
-        if pre.min() < 0 or pre.max() > spec.max_shift:
-          fail(o.name, "shift", f"requant pre-shift {p}pre in [{int(pre.min())}, {int(pre.max())}] leaves "
-               f"[0, {spec.max_shift}]")
-    if o.kind in ("add", "mask_add"):
-      with _Guard(o.name, "multiplier", fail):
-        for n in ("mx", "my"):
-          v = _absmax(o.consts[n])
-          pow2_shift = v > 0 and v & (v - 1) == 0 and v.bit_length() - 1 <= spec.max_shift
-          if v > mult_limit and not pow2_shift:
-            fail(o.name, "multiplier", f"operand multiplier {n} = {v} is neither <= {mult_limit} nor a power of "
-                 f"two (a left shift)")
-          if not pow2_shift or v <= mult_limit:
-            mults += [v]
-  # lut
-  for table in LUTS_BY_KIND.get(o.kind, ()):
+  for p, m, _, _ in c.requants():
+    c.mults += [int(m.min()), int(m.max())]
+    if m.min() < 0 or m.max() > limit:
+      bad = int(m.max()) if m.max() > limit else int(m.min())
+      c.violation("multiplier", f"requant multiplier {p}mult = {bad} is outside [0, {limit}] ({why})")
+  if o.kind in ("add", "mask_add"):
+    for n in ("mx", "my"):
+      v = _absmax(o.consts[n])
+      pow2_shift = v > 0 and v & (v - 1) == 0 and v.bit_length() - 1 <= spec.max_shift
+      if v > limit and not pow2_shift:
+        c.violation("multiplier", f"operand multiplier {n} = {v} is neither <= {limit} nor a power of two "
+                    "(a left shift)")
+      if not pow2_shift or v <= limit:
+        c.mults += [v]
+
+
+def rule_shift(c: OpUnderCheck) -> None:
+  """Requant shifts, per-row shifts included, and pre-shifts within [0, max_shift]."""
+  if not (c.consts_ok and c.ins is not None):
+    return
+  max_shift = c.spec.max_shift
+  for p, _, s, pre in c.requants():
+    lo_row, hi_row = _row_shift(c.op, p, c.ins)
+    c.shifts += [int(s.min()) + lo_row, int(s.max()) + hi_row]
+    if s.min() + lo_row < 0 or s.max() + hi_row > max_shift:
+      c.violation("shift", f"requant {p}shift in [{int(s.min())}, {int(s.max())}]"
+                  + (f" plus a per-row shift in [{lo_row}, {hi_row}]" if hi_row or lo_row else "")
+                  + f" leaves [0, {max_shift}]")
+    if pre.min() < 0 or pre.max() > max_shift:
+      c.violation("shift", f"requant pre-shift {p}pre in [{int(pre.min())}, {int(pre.max())}] leaves "
+                  f"[0, {max_shift}]")
+
+
+def rule_lut(c: OpUnderCheck) -> None:
+  """The kernel's tables fit the target's LUTs."""
+  spec = c.spec
+  for table in LUTS_BY_KIND.get(c.op.kind, ()):
     t = np.asarray(getattr(A, table))
     if t.size > spec.max_lut_entries or t.min() < 0 or t.max() >= 2**spec.lut_entry_bits:
-      fail(o.name, "lut", f"{table} has {t.size} entries in [{int(t.min())}, {int(t.max())}]; the target "
-           f"holds {spec.max_lut_entries} unsigned {spec.lut_entry_bits}-bit entries")
-  # tensor-size
-  nbytes = -1
-  with _Guard(o.name, "tensor-size", fail):
-    nbytes = tensor_bytes(o.shape, o.bits, o.dtype, spec.check_batch) if _static(o.shape) else -1
-    if nbytes > spec.max_tensor_bytes:
-      fail(o.name, "tensor-size", f"output {nbytes} bytes at batch {spec.check_batch} > max_tensor_bytes "
-           f"{spec.max_tensor_bytes}")
+      c.violation("lut", f"{table} has {t.size} entries in [{int(t.min())}, {int(t.max())}]; the target "
+                  f"holds {spec.max_lut_entries} unsigned {spec.lut_entry_bits}-bit entries")
+
+
+def rule_tensor_size(c: OpUnderCheck) -> None:
+  """The output at the target's batch fits its largest tensor."""
+  o, spec = c.op, c.spec
+  c.nbytes = tensor_bytes(o.shape, o.bits, o.dtype, spec.check_batch) if _static(o.shape) else -1
+  if c.nbytes > spec.max_tensor_bytes:
+    c.violation("tensor-size", f"output {c.nbytes} bytes at batch {spec.check_batch} > max_tensor_bytes "
+                f"{spec.max_tensor_bytes}")
+
+
+# The rules in the order they run on each op, named as in the report (an exception inside one is that rule's
+# violation). operands runs before the rules that read the constants.
+OP_RULES = (("graph", rule_graph), ("op-supported", rule_op_supported), ("scale", rule_scale),
+            ("static-shape", rule_static_shape), ("operands", rule_operands), ("op-bits", rule_op_bits),
+            ("accumulator", rule_accumulator), ("multiplier", rule_multiplier), ("shift", rule_shift),
+            ("lut", rule_lut), ("tensor-size", rule_tensor_size))
+RULES = tuple(rule for rule, _ in OP_RULES)
+
+
+def _check_op(o: Op, tensors: dict, spec: TargetSpec, fail) -> LayerRow:
+  """Every rule on one op; records its output's facts in `tensors`."""
+  in_bits = o.attrs.get("in_bits", ()) if isinstance(o.attrs, dict) else ()
+  c = OpUnderCheck(o, spec, tensors, fail, tuple(in_bits) if isinstance(in_bits, (tuple, list)) else ())
+  for rule, check in OP_RULES:
+    with _Guard(o.name, rule, fail):
+      check(c)
   if o.name not in tensors:
-    tensors[o.name] = out or TensorFacts(tuple(o.shape), _stored_dtype(o), o.bits)
-  return LayerRow(o.name, o.kind, in_bits, o.bits, bound, (min(mults), max(mults)) if mults else None,
-                  (min(shifts), max(shifts)) if shifts else None, nbytes, [])
+    tensors[o.name] = c.out or TensorFacts(tuple(o.shape), _stored_dtype(o), o.bits)
+  return LayerRow(o.name, o.kind, c.in_bits, o.bits, c.bound, (min(c.mults), max(c.mults)) if c.mults else None,
+                  (min(c.shifts), max(c.shifts)) if c.shifts else None, c.nbytes, [])
 
 
 def _static(shape) -> bool:
