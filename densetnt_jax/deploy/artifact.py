@@ -61,7 +61,7 @@ from densetnt_jax.model.postprocess import PostprocessSettings, finish_predictio
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.program import FORMAT as PROGRAM_FORMAT
-from densetnt_jax.quant.program import GLUE, HOST_KINDS, Op, Program, _decode_attrs, _encode_attrs
+from densetnt_jax.quant.program import GLUE, HOST_KINDS, Op, Program, from_document, to_document
 
 MAGIC = b"DTNTINT\0"
 VERSION = 2                               # 2: flags and the file length in the prefix, keyed signature, target
@@ -205,16 +205,12 @@ def to_bytes(program: Program, info: dict | None = None, target: TargetSpec | No
     blob.extend(raw)
     return array_key
 
-  ops = []
-  for i, o in enumerate(program.ops):
-    consts = {c: add(f"{i}:{o.name}:{c}", v) for c, v in o.consts.items()}
-    ops.append(dict(name=o.name, kind=o.kind, inputs=list(o.inputs), shape=list(o.shape), dtype=o.dtype,
-                    bits=o.bits, scale=o.scale, attrs=_encode_attrs(o.attrs), consts=consts))
+  doc = to_document(program, lambda i, o, c, v: add(f"{i}:{o.name}:{c}", v))
   luts = {t: add(f"lut:{t}", getattr(A, t)) for t in LUTS}
-  header = dict(format="densetnt-int-artifact", version=VERSION, program_format=PROGRAM_FORMAT,
-                meta=program.meta, inputs={k: [list(s), d] for k, (s, d) in program.inputs.items()},
-                outputs=program.outputs, ops=ops, luts=luts, arrays=table, info=info or {},
-                target=_target_dict(target or default_target()), blob_nbytes=len(blob))
+  header = dict(format="densetnt-int-artifact", version=VERSION, program_format=doc["format"],
+                meta=doc["meta"], inputs=doc["inputs"], outputs=doc["outputs"], ops=doc["ops"], luts=luts,
+                arrays=table, info=info or {}, target=_target_dict(target or default_target()),
+                blob_nbytes=len(blob))
   return seal(encode_header(header), bytes(blob), signing_key() if key is None else key)
 
 
@@ -375,10 +371,7 @@ def program_from(header: dict, arrays: dict, where: str = "<bytes>") -> Program:
     if not np.array_equal(arrays[k], np.asarray(getattr(A, table))):
       raise ArtifactError(f"{where}: lookup table {table} differs from this runtime's: compiled by another "
                           "version of the kernels")
-  ops = [Op(d["name"], d["kind"], tuple(d["inputs"]), tuple(d["shape"]), d["dtype"], d["bits"], d["scale"],
-            _decode_attrs(d["attrs"]), {c: arrays[k] for c, k in d["consts"].items()}) for d in header["ops"]]
-  inputs = {k: (tuple(s), dt) for k, (s, dt) in header["inputs"].items()}
-  program = Program(inputs, ops, header["outputs"], header["meta"])
+  program = from_document(header, arrays)
   _trace(program, where)
   _check_target(program, header["target"], where)
   return program

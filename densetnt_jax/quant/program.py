@@ -123,20 +123,39 @@ class Program:
     return out
 
   def save(self, directory: str) -> None:
+    """program.json (the document) + arrays.npz (the constants, keys c0, c1, ...)."""
     os.makedirs(directory, exist_ok=True)
-    arrays, ops = {}, []
-    for o in self.ops:
-      keys = {}
-      for cname, v in o.consts.items():
-        keys[cname] = f"c{len(arrays)}"
-        arrays[keys[cname]] = np.asarray(v)
-      ops.append(dict(name=o.name, kind=o.kind, inputs=list(o.inputs), shape=list(o.shape), dtype=o.dtype,
-                      bits=o.bits, scale=o.scale, attrs=_encode_attrs(o.attrs), consts=keys))
-    doc = dict(format=FORMAT, meta=self.meta, outputs=self.outputs,
-               inputs={k: [list(s), d] for k, (s, d) in self.inputs.items()}, ops=ops)
+    arrays = {}
+
+    def add(op_index: int, op: "Op", const: str, value) -> str:
+      key = f"c{len(arrays)}"
+      arrays[key] = np.asarray(value)
+      return key
+
     with open(os.path.join(directory, "program.json"), "w") as f:
-      json.dump(doc, f, indent=1)
+      json.dump(to_document(self, add), f, indent=1)
     np.savez(os.path.join(directory, "arrays.npz"), **arrays)
+
+
+def to_document(program: Program, add_array) -> dict:
+  """The program as a JSON-able document: format, meta, outputs, inputs and ops, each op's constants replaced by
+  the keys `add_array(op_index, op, const_name, array)` returns (where the caller stores the arrays). The one
+  encoding of a program, shared by the program directory and the compiled artifact."""
+  ops = []
+  for i, o in enumerate(program.ops):
+    consts = {c: add_array(i, o, c, v) for c, v in o.consts.items()}
+    ops.append(dict(name=o.name, kind=o.kind, inputs=list(o.inputs), shape=list(o.shape), dtype=o.dtype,
+                    bits=o.bits, scale=o.scale, attrs=_encode_attrs(o.attrs), consts=consts))
+  return dict(format=FORMAT, meta=program.meta, outputs=program.outputs,
+              inputs={k: [list(s), d] for k, (s, d) in program.inputs.items()}, ops=ops)
+
+
+def from_document(doc: dict, arrays: dict) -> Program:
+  """The Program of a document written by `to_document`, its constants looked up in `arrays` by key."""
+  ops = [Op(d["name"], d["kind"], tuple(d["inputs"]), tuple(d["shape"]), d["dtype"], d["bits"], d["scale"],
+            _decode_attrs(d["attrs"]), {c: arrays[k] for c, k in d["consts"].items()}) for d in doc["ops"]]
+  inputs = {k: (tuple(s), dt) for k, (s, dt) in doc["inputs"].items()}
+  return Program(inputs, ops, doc["outputs"], doc["meta"])
 
 
 def load_program(directory: str) -> Program:
@@ -150,10 +169,7 @@ def load_program(directory: str) -> Program:
     raise ValueError(f"{path}: format {doc.get('format')!r}, this reader understands {FORMAT!r}")
   with np.load(os.path.join(directory, "arrays.npz"), allow_pickle=False) as z:
     arrays = {k: z[k] for k in z.files}
-  ops = [Op(d["name"], d["kind"], tuple(d["inputs"]), tuple(d["shape"]), d["dtype"], d["bits"], d["scale"],
-            _decode_attrs(d["attrs"]), {c: arrays[k] for c, k in d["consts"].items()}) for d in doc["ops"]]
-  inputs = {k: (tuple(s), dt) for k, (s, dt) in doc["inputs"].items()}
-  return Program(inputs, ops, doc["outputs"], doc["meta"])
+  return from_document(doc, arrays)
 
 
 # ---------------------------------------------------------------------------------------- attrs <-> JSON
