@@ -25,7 +25,7 @@ where: a non-regular file (a FIFO is never opened for reading) or one over `max_
 version, flags, the file length against the file system's, before the body is read); the SHA-256 checksum and,
 with a key, the signature, before any JSON is parsed; the JSON (depth, number sizes, NaN, duplicate keys); a
 strict schema (known keys and types; arrays of whitelisted dtypes with non-negative shapes, shape product x
-itemsize = nbytes, inside the blob and not overlapping; op kinds with their inputs, constants (`KINDS`) and
+itemsize = nbytes, inside the blob and not overlapping; op kinds with their inputs, constants (`ops.OPS`) and
 attrs; bits in {0, 8, 16}; LUTs equal to this runtime's); then every op is traced abstractly through the
 interpreter's own kernels (`jax.eval_shape`, nothing runs) and must give its declared shape and dtype at any
 batch, so an accepted program runs; last the structural checker (`checker.check_program`) against the
@@ -61,7 +61,8 @@ from densetnt_jax.model.postprocess import PostprocessSettings, finish_predictio
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.program import FORMAT as PROGRAM_FORMAT
-from densetnt_jax.quant.program import GLUE, HOST_KINDS, Op, Program, from_document, to_document
+from densetnt_jax.quant.ops import OPS, OpDef
+from densetnt_jax.quant.program import Op, Program, from_document, to_document
 
 MAGIC = b"DTNTINT\0"
 VERSION = 2                               # 2: flags and the file length in the prefix, keyed signature, target
@@ -91,48 +92,7 @@ _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlev
 
 
 # ------------------------------------------------------------------------------------------ op kinds
-# What each op kind needs (convert/_consts writes the constants, interpreter._kernel reads them, the model's
-# primitives record the attrs): its number of inputs (None: one or more), constant names and attrs. A requant
-# triple is {p}mult, {p}shift, {p}pre; concat has one per input ("0_", "1_", ...).
-_RQ = ("mult", "shift", "pre")
-
-
-@dataclasses.dataclass(frozen=True)
-class KindSpec:
-  inputs: int | None
-  consts: tuple
-  attrs: tuple
-
-
-def _req(prefix: str) -> tuple:
-  return tuple(prefix + c for c in _RQ)
-
-
-KINDS = {
-    "quantize": KindSpec(2, ("scale",), ("in_bits",)),
-    "dense": KindSpec(1, ("w_q", "b_q") + _RQ, ("in_bits",)),
-    "layernorm": KindSpec(1, ("eps_m", "eps_e") + _req("z_") + ("g_q", "b_q") + _RQ, ("eps", "in_bits")),
-    "relu": KindSpec(1, (), ("in_bits",)),
-    "masked_max": KindSpec(2, (), ("in_bits",)),
-    "masked_fill": KindSpec(2, (), ("in_bits",)),
-    "matmul": KindSpec(2, _RQ, ("alpha", "in_bits", "k", "transpose_b")),
-    "softmax": KindSpec(1, _req("t_") + _RQ, ("in_bits",)),
-    "add": KindSpec(2, ("mx", "my") + _RQ, ("in_bits",)),
-    "mask_add": KindSpec(2, ("mx", "my") + _RQ, ("in_bits",)),
-    "concat": KindSpec(None, (), ("axis", "in_bits")),
-    "dense_grid": KindSpec(1, ("step",), ("in_bits", "radius", "spacing")),
-    "dense_grid_mask": KindSpec(2, ("step",), ("in_bits", "radius", "spacing")),
-    "log_softmax": KindSpec(1, ("in_scale",), ("in_bits",)),
-    "reshape": KindSpec(1, (), ("shape",)),
-    "broadcast_to": KindSpec(1, (), ("shape",)),
-    "index": KindSpec(1, (), ("index",)),
-    "concatenate": KindSpec(None, (), ("axis",)),
-    "tile": KindSpec(1, (), ("reps",)),
-    "moveaxis": KindSpec(1, (), ("destination", "source")),
-    "take_along_axis": KindSpec(2, (), ("axis",)),
-    "top_k": KindSpec(2, (), ("k",)),
-}
-assert set(GLUE) | set(HOST_KINDS) <= set(KINDS)
+# What each op kind needs (number of inputs, constants, attrs): the op table, `quant.ops.OPS`.
 CONST_DTYPES = {"w_q": "int8", "g_q": "int16", "scale": "float32", "in_scale": "float32"}   # others: int32
 CODE_BITS = (0, 8, 16)                    # 0: a mask, index or float tensor
 OP_DTYPES = ("float32", "int32", "bool")
@@ -512,9 +472,9 @@ class _Schema:
       at = f"op {_short.repr(name)}"
       if not 0 < len(name) <= 256 or name in known:
         self.fail(at, "op names are 1-256 characters, unique, and not a program input's")
-      if not isinstance(d["kind"], str) or d["kind"] not in KINDS:
-        self.fail(f"{at}.kind", f"unknown op kind {_short.repr(d['kind'])}; known: {sorted(KINDS)}")
-      spec = KINDS[d["kind"]]
+      if not isinstance(d["kind"], str) or d["kind"] not in OPS:
+        self.fail(f"{at}.kind", f"unknown op kind {_short.repr(d['kind'])}; known: {sorted(OPS)}")
+      spec = OPS[d["kind"]]
       self.typed(d["inputs"], list, f"{at}.inputs")
       if (spec.inputs is None and not d["inputs"]) or (spec.inputs is not None and len(d["inputs"]) != spec.inputs):
         self.fail(f"{at}.inputs", f"{d['kind']} reads {spec.inputs or 'one or more'} tensors, got "
@@ -533,7 +493,7 @@ class _Schema:
       self.consts(d["consts"], d, spec, arrays, at)
       known.add(name)
 
-  def attrs(self, attrs, d: dict, spec: KindSpec, at: str) -> None:
+  def attrs(self, attrs, d: dict, spec: OpDef, at: str) -> None:
     self.keys(attrs, f"{at}.attrs", spec.attrs)
     for k, v in attrs.items():
       where = f"{at}.attrs.{k}"
@@ -581,11 +541,10 @@ class _Schema:
       else:
         self.integer(e, f"{at}[{i}]", -MAX_DIM, MAX_DIM)
 
-  def consts(self, consts, d: dict, spec: KindSpec, arrays: dict, at: str) -> None:
+  def consts(self, consts, d: dict, spec: OpDef, arrays: dict, at: str) -> None:
     """The kind's constants, each an array of its dtype; `scale` also where an output or quantize needs it."""
     self.typed(consts, dict, f"{at}.consts")
-    required = spec.consts + (sum((_req(f"{i}_") for i in range(len(d["inputs"]))), ()) if d["kind"] == "concat"
-                              else ())
+    required = spec.consts_for(len(d["inputs"]))
     self.keys(consts, f"{at}.consts", required, ("scale",))
     for c, k in consts.items():
       if not isinstance(k, str) or k not in arrays:

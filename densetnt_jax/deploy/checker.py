@@ -54,34 +54,14 @@ import numpy as np
 
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
-from densetnt_jax.quant.program import GLUE, Op, Program
+from densetnt_jax.quant.ops import OPS, OpDef, TensorFacts, Unbounded, absmax, ints, op_def, stored_dtype
+from densetnt_jax.quant.program import Op, Program
 
-LUTS_BY_KIND = {"softmax": ("EXP_TABLE", "RECIP_TABLE"), "layernorm": ("RSQRT_TABLE",)}
-ACCUMULATOR_KINDS = ("dense", "matmul", "add", "mask_add", "layernorm", "softmax", "dense_grid", "dense_grid_mask")
 INT32_MAX = 2**31 - 1
 KERNEL_MULT_MAX = 2**A.MULT_BITS - 1     # mul_shift's limbs: |lo * M| < 2^31 needs |M| <= 2^15 - 1
 
 
-def _requant_keys(*prefixes: str) -> tuple:
-  return tuple(f"{p}{k}" for p in prefixes for k in ("mult", "shift", "pre"))
-
-
-# The constants each kind's integer kernel reads (interpreter._kernel); concat reads one requant per input.
-KERNEL_CONSTS = {
-    "quantize": ("scale",), "dense": ("w_q", "b_q") + _requant_keys(""),
-    "layernorm": ("eps_m", "eps_e", "g_q", "b_q") + _requant_keys("z_", ""), "matmul": _requant_keys(""),
-    "softmax": _requant_keys("t_", ""), "add": ("mx", "my") + _requant_keys(""),
-    "mask_add": ("mx", "my") + _requant_keys(""), "dense_grid": ("step",), "dense_grid_mask": ("step",),
-    "relu": (), "masked_max": (), "masked_fill": (), "concat": (), "log_softmax": ("in_scale",),
-    **{k: () for k in GLUE}}
 FLOAT_CONSTS = ("scale", "in_scale")     # float32: the quantize step and the host's dequantization
-# The attrs the kernel or the bounds read, beyond what the kernel's own trace checks.
-KERNEL_ATTRS = {"dense": ("in_bits",), "matmul": ("in_bits", "transpose_b"), "softmax": ("in_bits",),
-                "layernorm": ("in_bits",), "add": ("in_bits",), "mask_add": ("in_bits",),
-                "concat": ("in_bits", "axis"), "dense_grid": ("in_bits", "radius"),
-                "dense_grid_mask": ("in_bits", "radius")}
-MAX_GRID_RADIUS = 64        # the grid kernels build (2R+1)^2 offsets in numpy; real grids use R = 2
-MAX_GRID_SEEDS = 4096       # dense_grid_mask builds an M x M table in numpy; real programs use M <= 16
 EVAL_BATCH = 3              # the batch the kernels are traced at (any size works; axis 0 must stay the batch)
 MESSAGE_CHARS = 300         # a violation's message is one line of at most this many characters
 
@@ -179,33 +159,6 @@ class CheckReport:
 
 
 # ---------------------------------------------------------------------------------------------- facts
-@dataclasses.dataclass(frozen=True)
-class TensorFacts:
-  """What the checker knows of one tensor: shape (batch None), the dtype the interpreter hands it on in (int8 /
-  int16 codes, int32, bool, float32: traced from its producer's kernel) and its declared code width."""
-  shape: tuple
-  dtype: str
-  bits: int
-
-
-def value_bits(dtype: str) -> int:
-  """Width b of a signed range [-2^(b-1), 2^(b-1)) holding every value of `dtype`: int8 8, int16 16, uint8 9,
-  bool 1; floats 32 (an integer kernel casts them to int32)."""
-  d = np.dtype(dtype)
-  if d.kind == "b":
-    return 1
-  if d.kind in "iu":
-    return d.itemsize * 8 + (d.kind == "u")
-  return 32
-
-
-def _stored_dtype(o: Op) -> str:
-  """The dtype the interpreter stores an op's output in (`interpreter._narrow`), when its kernel was not traced."""
-  if o.bits:
-    return "int8" if o.bits <= 8 else "int16"
-  return str(o.dtype)
-
-
 def _one_line(text: Any) -> str:
   text = " ".join(str(text).split())
   return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
@@ -230,93 +183,20 @@ class _Guard:
 
 
 # --------------------------------------------------------------------------------------------- bounds
-class Unbounded(Exception):
-  """An intermediate with no finite bound (a zero lattice step divides by zero)."""
+_UNKNOWN_KIND = OpDef("?", None, (), (), kernel=None)    # what the rules assume of a kind the table lacks
 
 
-def _ints(v) -> np.ndarray:
-  return np.asarray(v).astype(np.int64)
-
-
-def _absmax(v) -> int:
-  a = _ints(v)
-  return int(np.max(np.abs(a))) if a.size else 0
-
-
-def _rshift_round(v: int, k: int) -> int:
-  """arith.rshift_round on a Python int: floor(v / 2^k + 1/2), v unchanged for k <= 0."""
-  return (v >> k) + ((v >> (k - 1)) & 1) if k > 0 else v
-
-
-def _code_max(bits: int) -> int:
-  """Largest |code| of a signed b-bit code (the negative end): 2^(b-1)."""
-  return 2**(bits - 1)
-
-
-def _in_bits(o: Op, ins: list, i: int) -> int:
-  """Width of input i's values as the kernel sees them: the declared width, or the producer's stored dtype's
-  when that is wider (a layout op passes its input's dtype through, whatever its own `bits` says)."""
-  return max(int(o.attrs["in_bits"][i]), value_bits(ins[i].dtype))
-
-
-def _interp_bound(table, frac_bits: int) -> int:
-  """Largest |(T[i+1] - T[i]) f + 2^(fb-1)| of `arith.interp` (f < 2^fb)."""
-  t = np.asarray(table, np.int64)
-  return int(np.max(np.abs(np.diff(t)))) * (2**frac_bits - 1) + 2**(frac_bits - 1)
+def _def(o: Op) -> OpDef:
+  """The op's definition in the op table (an empty one for an unknown kind: the operands rule reports it)."""
+  return OPS.get(o.kind, _UNKNOWN_KIND) if isinstance(o.kind, str) else _UNKNOWN_KIND
 
 
 def intermediate_bounds(o: Op, ins: list) -> dict:
-  """{intermediate: largest |value|} of the int32 values the op's kernel computes, for any input codes in range
-  (module doc), from the op's stored constants and its inputs' `TensorFacts`; {} for kinds without wide
-  arithmetic. Raises `Unbounded` for an intermediate with no bound."""
-  c, k = o.consts, o.kind
-  if k == "dense":
-    w = np.abs(_ints(c["w_q"]))
-    b = np.abs(np.broadcast_to(_ints(c["b_q"]), w.shape[1:]))
-    x_max = _code_max(_in_bits(o, ins, 0))
-    return {"x.w + b": max((s * x_max + bb for s, bb in zip(w.sum(axis=0).tolist(), b.tolist())), default=0)}
-  if k == "matmul":
-    ba, bb = (int(b) for b in o.attrs["in_bits"])              # the widths the kernel's pre-shifts are for
-    kdim = int(ins[0].shape[-1])
-    ka, kb = A.matmul_pre_shifts(kdim, ba, bb)
-    a_max, b_max = (max(abs(_rshift_round(-m, s)), abs(_rshift_round(m - 1, s)))
-                    for m, s in ((_code_max(_in_bits(o, ins, 0)), ka), (_code_max(_in_bits(o, ins, 1)), kb)))
-    return {f"a.b over K={kdim}": kdim * a_max * b_max}
-  if k in ("add", "mask_add"):
-    y_max = -A.MASK_NEG_Q if k == "mask_add" else _code_max(_in_bits(o, ins, 1))
-    return {"x mx + y my": _code_max(_in_bits(o, ins, 0)) * _absmax(c["mx"]) + y_max * _absmax(c["my"])}
-  if k == "layernorm":
-    ch, x_max = int(ins[0].shape[-1]), _code_max(_in_bits(o, ins, 0))
-    centred = max(ch, 2 * (ch - 1)) * x_max                    # C x, sum x and C x - sum x
-    kd_max = max(0, centred.bit_length() - 15)                 # the row's shift of D; h <= 8
-    eps_m, eps_e = _absmax(c["eps_m"]), _ints(c["eps_e"])
-    e_lo, e_hi = int(eps_e.min()), int(eps_e.max())
-    eps_shifted = eps_m << min(max(e_hi, 0), 15)               # eps_m << clip(sh, 0, 15), sh = eps_e - 2 (kd + h)
-    eps_row = max(2**30 if e_hi >= 16 else min(eps_shifted, 2**30), eps_m)   # eps_m >> -sh below 0
-    z_g = 2**15 * _absmax(c["g_q"])                            # |z| <= 2^15 after its clip
-    return {"C x - sum x": centred, "d^2": 2**30, f"sum of C={ch} squares + eps": ch * 2**14 + eps_row,
-            "eps_m << shift": eps_shifted, "eps shift": max(-e_lo, e_hi, 0) + 2 * (kd_max + 8),
-            "d r": 2**15 * int(np.max(A.RSQRT_TABLE)), "z g": z_g,
-            "(z g >> 4) + beta": _rshift_round(z_g, A.LN_PRE_SHIFT) + _absmax(c["b_q"]),
-            "rsqrt interpolation": _interp_bound(A.RSQRT_TABLE, A.RSQRT_FRAC_BITS)}
-  if k == "softmax":
-    n, x_max = int(ins[0].shape[-1]), _code_max(_in_bits(o, ins, 0))
-    e_max = int(np.max(A.EXP_TABLE))
-    return {"x - max x": 2 * x_max - 1, f"exp sum over N={n}": n * e_max,
-            "e r": e_max * int(np.max(A.RECIP_TABLE)),
-            "exp interpolation": _interp_bound(A.EXP_TABLE, A.EXP_FRAC_BITS),
-            "reciprocal interpolation": _interp_bound(A.RECIP_TABLE, A.RECIP_FRAC_BITS)}
-  if k in ("dense_grid", "dense_grid_mask"):
-    steps = sorted(set(_ints(c["step"]).reshape(-1).tolist()))
-    if not steps or steps[0] < 1:
-      raise Unbounded(f"lattice step {steps[0] if steps else 'missing'} < 1: x // step divides by zero or flips "
-                      "the lattice; the step must be >= 1 code (arith.grid_step)")
-    bits, radius = _in_bits(o, ins, 0), int(o.attrs["radius"])
-    out = {"lattice point (L + R) step": max(A.grid_acc_bound(s, radius, bits) for s in steps)}
-    if k == "dense_grid_mask":                                 # seed differences L_m - L_m' + r
-      out["seed lattice differences"] = max(2 * ((_code_max(bits) + s // 2) // s + 1) + radius for s in steps)
-    return out
-  return {}
+  """{intermediate: largest |value|} of every int32 value the op's kernel computes (the op table's `bounds`),
+  from its stored constants and its inputs' facts; {} for kinds without wide arithmetic. Raises `Unbounded`
+  for an intermediate with no bound."""
+  bounds = op_def(o.kind).bounds
+  return {} if bounds is None else bounds(o, ins)
 
 
 def _requant_prefixes(o: Op) -> list[str]:
@@ -326,11 +206,8 @@ def _requant_prefixes(o: Op) -> list[str]:
 
 def _row_shift(o: Op, prefix: str, ins: list) -> tuple[int, int]:
   """(min, max) shift the kernel adds per row to this requant's static shift (N from the producer's shape)."""
-  if o.kind == "softmax" and prefix == "":
-    return 0, max(0, (int(ins[0].shape[-1]) * int(np.max(A.EXP_TABLE))).bit_length() - 15)
-  if o.kind == "layernorm" and prefix == "z_":
-    return -7, 16
-  return 0, 0
+  row_shift = op_def(o.kind).row_shift
+  return (0, 0) if row_shift is None else row_shift(o, prefix, ins)
 
 
 # ------------------------------------------------------------------------------------------- operands
@@ -374,36 +251,28 @@ def _const_problem(name: str, v) -> str | None:
 
 
 def _attr_problems(o: Op, ins: list | None) -> list[str]:
-  a, problems = o.attrs, []
-  missing = [n for n in KERNEL_ATTRS.get(o.kind, ()) if n not in a]
+  d, a, problems = OPS[o.kind], o.attrs, []
+  missing = [n for n in d.kernel_attrs if n not in a]
   if missing:
     return [f"missing attr(s) {missing}"]
-  if "in_bits" in KERNEL_ATTRS.get(o.kind, ()):
+  if "in_bits" in d.kernel_attrs:
     b = a["in_bits"]
     if not (isinstance(b, (tuple, list)) and len(b) == len(o.inputs)
             and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 32 for x in b)):
       problems.append(f"attr in_bits {b!r} is not one width in [0, 32] per input ({len(o.inputs)})")
-  if o.kind in ("dense_grid", "dense_grid_mask"):
-    r = a["radius"]
-    if not (isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= MAX_GRID_RADIUS):
-      problems.append(f"attr radius {r!r} is not an int in [0, {MAX_GRID_RADIUS}]")
-    if o.kind == "dense_grid_mask" and ins and ins[0] is not None and _static(ins[0].shape) \
-        and len(ins[0].shape) >= 2 and ins[0].shape[-2] > MAX_GRID_SEEDS:
-      problems.append(f"{ins[0].shape[-2]} seeds; the mask kernel's seed x seed table allows {MAX_GRID_SEEDS}")
+  if d.attr_problems is not None:
+    problems += d.attr_problems(o, ins)
   return problems
 
 
 def _check_operands(o: Op, ins: list | None, spec: TargetSpec, fail) -> tuple[bool, TensorFacts | None]:
   """The operands rule: (the constants and attrs are usable by the bound rules, the output's facts as the
   kernel computes them, None when it could not be traced)."""
-  if o.kind not in KERNEL_CONSTS:
+  if not isinstance(o.kind, str) or o.kind not in OPS:
     if o.kind in spec.op_bits or o.kind in spec.layout_ops or o.kind in spec.host_ops:
-      fail(o.name, "operands", f"the interpreter has no kernel for op kind {o.kind!r}; known: "
-           f"{sorted(KERNEL_CONSTS)}")
+      fail(o.name, "operands", f"the interpreter has no kernel for op kind {o.kind!r}; known: {sorted(OPS)}")
     return False, None
-  need = KERNEL_CONSTS[o.kind]
-  if o.kind == "concat":
-    need = _requant_keys(*(f"{i}_" for i in range(len(o.inputs))))
+  need = OPS[o.kind].consts_for(len(o.inputs))
   problems = []
   missing = [k for k in need if k not in o.consts]
   if missing:
@@ -422,13 +291,13 @@ def _check_operands(o: Op, ins: list | None, spec: TargetSpec, fail) -> tuple[bo
     fail(o.name, "operands", f"the interpreter's {o.kind} kernel fails on inputs of shapes "
          f"{[t.shape for t in ins]}: {e}")
     return True, None
-  declared = (tuple(o.shape), _stored_dtype(o))
+  declared = (tuple(o.shape), stored_dtype(o.bits, o.dtype))
   if _static(o.shape) and declared != (shape, dtype):
     fail(o.name, "operands", f"declares {declared[0]} {declared[1]}, but its kernel gives {shape} {dtype} from "
          f"inputs of shapes {[t.shape for t in ins]}: the shapes the bounds read would be wrong")
-  if o.kind == "matmul" and "k" in o.attrs and o.attrs["k"] != ins[0].shape[-1]:
-    fail(o.name, "operands", f"attr k = {o.attrs['k']!r}, but its producers contract K = {ins[0].shape[-1]}: its "
-         "requant was derived for another K (re-convert the program)")
+  shape_problems = OPS[o.kind].shape_problems
+  for problem in shape_problems(o, ins) if shape_problems is not None else ():
+    fail(o.name, "operands", problem)
   return True, TensorFacts(shape, dtype, o.bits)
 
 
@@ -496,8 +365,8 @@ class OpUnderCheck:
   def requants(self):
     """(prefix, mult, shift, pre) of each requant triple, as int64 arrays."""
     for p in _requant_prefixes(self.op):
-      yield (p, _ints(self.op.consts[f"{p}mult"]), _ints(self.op.consts[f"{p}shift"]),
-             _ints(self.op.consts.get(f"{p}pre", np.zeros((), np.int64))))
+      yield (p, ints(self.op.consts[f"{p}mult"]), ints(self.op.consts[f"{p}shift"]),
+             ints(self.op.consts.get(f"{p}pre", np.zeros((), np.int64))))
 
 
 def rule_graph(c: OpUnderCheck) -> None:
@@ -524,7 +393,7 @@ def rule_scale(c: OpUnderCheck) -> None:
   o = c.op
   if o.bits and (o.scale is None or not math.isfinite(o.scale) or o.scale <= 0):
     c.violation("scale", f"int{o.bits} code tensor without a finite positive scale (scale={o.scale})")
-  if o.kind not in GLUE and c.in_bits and c.ins is not None:
+  if not _def(o).glue and c.in_bits and c.ins is not None:
     got = tuple(t.bits for t in c.ins)
     if c.in_bits != got:
       c.violation("scale", f"expects input widths {c.in_bits}, its producers give {got}")
@@ -550,21 +419,22 @@ def rule_op_bits(c: OpUnderCheck) -> None:
   if o.kind in spec.op_bits and o.bits not in spec.op_bits[o.kind]:
     c.violation("op-bits", f"{o.kind} with int{o.bits} output; target {spec.name!r} allows "
                 + "/".join(f"int{b}" for b in spec.op_bits[o.kind]) + f" for {o.kind}")
-  if o.kind not in GLUE:
+  if not _def(o).glue:
     wide = [b for b in c.in_bits if b and b not in (8, 16)]
     if wide:
       c.violation("op-bits", f"code inputs of {wide} bits; the target reads int8/int16 codes")
-  if c.consts_ok and o.kind == "dense":
-    w = _ints(o.consts["w_q"])
-    lim = min(2**(spec.weight_bits - 1) - 1, 127)            # the kernel narrows weights to int8
-    if np.asarray(o.consts["w_q"]).dtype.itemsize * 8 > spec.weight_bits or _absmax(w) > lim:
-      c.violation("op-bits", f"weights {o.consts['w_q'].dtype} with max |w_q| {_absmax(w)}; the target takes "
-                  f"int{spec.weight_bits} weights in [-{lim}, {lim}] (the dense kernel reads int8)")
+  weights = _def(o).weights if c.consts_ok else None
+  if weights is not None:
+    w = ints(o.consts[weights])
+    lim = min(2**(spec.weight_bits - 1) - 1, 127)            # the kernels narrow weights to int8
+    if np.asarray(o.consts[weights]).dtype.itemsize * 8 > spec.weight_bits or absmax(w) > lim:
+      c.violation("op-bits", f"weights {o.consts[weights].dtype} with max |{weights}| {absmax(w)}; the target "
+                  f"takes int{spec.weight_bits} weights in [-{lim}, {lim}] (the {o.kind} kernel reads int8)")
 
 
 def rule_accumulator(c: OpUnderCheck) -> None:
   """Every int32 intermediate of the kernel bounded for any input in range (`intermediate_bounds`)."""
-  if not (c.consts_ok and c.ins is not None and c.op.kind in ACCUMULATOR_KINDS):
+  if not (c.consts_ok and c.ins is not None and _def(c.op).bounds is not None):
     return
   acc_limit = 2**(c.acc_bits - 1) - 1
   try:
@@ -591,15 +461,14 @@ def rule_multiplier(c: OpUnderCheck) -> None:
     if m.min() < 0 or m.max() > limit:
       bad = int(m.max()) if m.max() > limit else int(m.min())
       c.violation("multiplier", f"requant multiplier {p}mult = {bad} is outside [0, {limit}] ({why})")
-  if o.kind in ("add", "mask_add"):
-    for n in ("mx", "my"):
-      v = _absmax(o.consts[n])
-      pow2_shift = v > 0 and v & (v - 1) == 0 and v.bit_length() - 1 <= spec.max_shift
-      if v > limit and not pow2_shift:
-        c.violation("multiplier", f"operand multiplier {n} = {v} is neither <= {limit} nor a power of two "
-                    "(a left shift)")
-      if not pow2_shift or v <= limit:
-        c.mults += [v]
+  for n in _def(o).operand_multipliers:
+    v = absmax(o.consts[n])
+    pow2_shift = v > 0 and v & (v - 1) == 0 and v.bit_length() - 1 <= spec.max_shift
+    if v > limit and not pow2_shift:
+      c.violation("multiplier", f"operand multiplier {n} = {v} is neither <= {limit} nor a power of two "
+                  "(a left shift)")
+    if not pow2_shift or v <= limit:
+      c.mults += [v]
 
 
 def rule_shift(c: OpUnderCheck) -> None:
@@ -622,7 +491,7 @@ def rule_shift(c: OpUnderCheck) -> None:
 def rule_lut(c: OpUnderCheck) -> None:
   """The kernel's tables fit the target's LUTs."""
   spec = c.spec
-  for table in LUTS_BY_KIND.get(c.op.kind, ()):
+  for table in _def(c.op).luts:
     t = np.asarray(getattr(A, table))
     if t.size > spec.max_lut_entries or t.min() < 0 or t.max() >= 2**spec.lut_entry_bits:
       c.violation("lut", f"{table} has {t.size} entries in [{int(t.min())}, {int(t.max())}]; the target "
@@ -655,7 +524,7 @@ def _check_op(o: Op, tensors: dict, spec: TargetSpec, fail) -> LayerRow:
     with _Guard(o.name, rule, fail):
       check(c)
   if o.name not in tensors:
-    tensors[o.name] = c.out or TensorFacts(tuple(o.shape), _stored_dtype(o), o.bits)
+    tensors[o.name] = c.out or TensorFacts(tuple(o.shape), stored_dtype(o.bits, o.dtype), o.bits)
   return LayerRow(o.name, o.kind, c.in_bits, o.bits, c.bound, (min(c.mults), max(c.mults)) if c.mults else None,
                   (min(c.shifts), max(c.shifts)) if c.shifts else None, c.nbytes, [])
 

@@ -20,16 +20,11 @@ import time
 import numpy as np
 
 from densetnt_jax.deploy.checker import TargetSpec, tensor_bytes
+from densetnt_jax.quant.ops import op_def
 from densetnt_jax.quant.program import Op, Program
 
 # HAT's published DenseTNT figure on J6E (batch 30), printed beside our estimate
 HAT_J6E_REFERENCE = dict(batch=30, latency_ms=11.30, fps=144.7, source="HAT DenseTNT (J6E, batch 30)")
-# integer ops per output element beyond the MACs (requant ~2, exp/recip tables, row sums, ...): assumptions
-ELEMENT_OPS = {"quantize": 3, "dense": 2, "matmul": 2, "layernorm": 12, "softmax": 10, "add": 4, "mask_add": 4,
-               "concat": 2, "relu": 1, "masked_fill": 1, "top_k": 8, "dense_grid": 4,
-               "dense_grid_mask": 4}  # dense_grid_mask: per output point and per seed it is checked against
-
-
 @dataclasses.dataclass
 class LayerPerf:
   name: str
@@ -78,18 +73,10 @@ def layer_perf(program: Program, spec: TargetSpec, batch: int) -> list[LayerPerf
     in_bytes = sum(tensor_bytes(*tensors[i], batch) for i in o.inputs)
     out_bytes = tensor_bytes(o.shape, o.bits, o.dtype, batch)
     params = sum(int(np.asarray(v).nbytes) for v in o.consts.values())
-    n_out = _elements(o.shape, batch)
-    macs = 0
-    if o.kind == "dense":
-      macs = n_out * o.consts["w_q"].shape[0]
-    elif o.kind == "matmul":
-      macs = n_out * o.attrs["k"]
-    work = n_out
-    if o.kind in ("masked_max", "top_k", "softmax", "layernorm"):
-      work = _elements(tensors[o.inputs[0]][0], batch)      # reductions read every input element
-    elif o.kind == "dense_grid_mask":
-      work = n_out * tensors[o.inputs[0]][0][-2]             # every point against every seed
-    elem = work * ELEMENT_OPS.get(o.kind, 0 if o.kind in ("index", "reshape") else 1)
+    d = op_def(o.kind)     # MACs and element ops per op kind: the op table's cost entries (assumptions there)
+    macs = d.macs(o, tensors, batch) if d.macs is not None else 0
+    work = d.work(o, tensors, batch) if d.work is not None else _elements(o.shape, batch)
+    elem = work * d.element_ops
     int16 = any(tensors[i][1] > 8 for i in o.inputs) and macs > 0
     where = "host" if o.kind in spec.host_ops else "view" if is_view(o, tensors) else "chip"
     compute = (macs / (mac_rate * (spec.int16_throughput if int16 else 1.0)) + elem / (spec.vector_gops * 1e9)) * 1e6

@@ -18,79 +18,20 @@ import jax.numpy as jnp
 
 from densetnt_jax.model.postprocess import PostprocessSettings, finish_prediction
 from densetnt_jax.quant import arith as A
-from densetnt_jax.quant.program import GLUE, Op, Program
-
-
-def _rq(c: dict, prefix: str = "") -> A.Requant:
-  return A.Requant(c[f"{prefix}mult"], c[f"{prefix}shift"], c[f"{prefix}pre"])
-
-
-def _batch_shape(shape: tuple, like: jax.Array) -> tuple:
-  return tuple(like.shape[0] if d is None else d for d in shape)
+from densetnt_jax.quant import ops
+from densetnt_jax.quant.program import Op, Program
 
 
 def requant_hints(o: Op) -> dict[str, A.RequantHint]:
   """{requant prefix: static hint} of an op's constants (see arith.RequantHint): part of the runner's key."""
-  prefixes = {"dense": [""], "matmul": [""], "add": [""], "mask_add": [""], "layernorm": [""], "softmax": [""],
-              "concat": [f"{i}_" for i in range(len(o.inputs))]}.get(o.kind, [])
-  return {p: A.requant_hint(_rq(o.consts, p)) for p in prefixes}
+  return {p: A.requant_hint(ops.requant(o.consts, p)) for p in ops.op_def(o.kind).hinted_requants(o)}
 
 
 def _kernel(o: Op, c: dict, xs: list, hints: dict | None = None) -> jax.Array:
-  """One op on integer codes (bool masks, int32 indices; float only for the program inputs and log-softmax).
-  `hints` (from `requant_hints`, static) only skip work; without them every kernel takes its general path."""
-  k, a = o.kind, o.attrs
-  hint = (hints or {}).get("", A.NO_HINT)
-  if k == "quantize":
-    return A.quantize(jnp.where(xs[1], xs[0], 0.0), c["scale"], o.bits)
-  if k == "dense":
-    p = A.DenseParams(c["w_q"].astype(jnp.int32), c["b_q"], _rq(c))
-    return A.dense(xs[0], p, o.bits, a["in_bits"][0], 8, hint=hint)
-  if k == "layernorm":
-    p = A.LayerNormParams(c["eps_m"], c["eps_e"], _rq(c, "z_"), c["g_q"].astype(jnp.int32), c["b_q"], _rq(c))
-    return A.layernorm(xs[0], p, o.bits, hint=hint)
-  if k == "relu":
-    return A.relu(xs[0])
-  if k == "masked_max":
-    return A.masked_max(xs[0], xs[1][..., None], axis=-2)
-  if k == "masked_fill":
-    return A.masked_fill(xs[0], xs[1])
-  if k == "matmul":
-    return A.matmul(xs[0], xs[1], _rq(c), o.bits, a["in_bits"][0], a["in_bits"][1], a["transpose_b"], hint=hint)
-  if k == "softmax":
-    return A.softmax(xs[0], A.SoftmaxParams(_rq(c, "t_"), _rq(c)), None, o.bits, hint=hint)
-  if k == "add":
-    return A.add(xs[0], xs[1], A.AddParams(c["mx"], c["my"], _rq(c)), o.bits, hint=hint)
-  if k == "mask_add":
-    return A.mask_add(xs[0], xs[1], A.AddParams(c["mx"], c["my"], _rq(c)), o.bits, hint=hint)
-  if k == "concat":
-    rqs = [_rq(c, f"{i}_") for i in range(len(xs))]
-    return A.concat(xs, rqs, o.bits, a["axis"], [(hints or {}).get(f"{i}_", A.NO_HINT) for i in range(len(xs))])
-  if k == "dense_grid":
-    return A.dense_grid(xs[0], c["step"], a["radius"], o.bits)
-  if k == "dense_grid_mask":
-    return A.dense_grid_mask(xs[0], xs[1], c["step"], a["radius"], a["in_bits"][0])
-  if k == "log_softmax":
-    return jax.nn.log_softmax(A.dequantize(xs[0], c["in_scale"]), axis=-1)
-  # glue: the same jnp op on codes, masks or indices
-  if k == "reshape":
-    return xs[0].reshape(_batch_shape(a["shape"], xs[0]))
-  if k == "broadcast_to":
-    return jnp.broadcast_to(xs[0], _batch_shape(a["shape"], xs[0]))
-  if k == "index":
-    return xs[0][a["index"]]
-  if k == "concatenate":
-    return jnp.concatenate(xs, axis=a["axis"])
-  if k == "tile":
-    return jnp.tile(xs[0], a["reps"])
-  if k == "moveaxis":
-    return jnp.moveaxis(xs[0], a["source"], a["destination"])
-  if k == "take_along_axis":
-    return jnp.take_along_axis(xs[0], xs[1], axis=a["axis"])
-  if k == "top_k":
-    # codes order like their values (s > 0); masked entries last, ties to the lower index (lax.top_k)
-    return jax.lax.top_k(jnp.where(xs[1], xs[0], A.INT32_MIN), a["k"])[1]
-  raise ValueError(f"unknown op kind {k!r} ({o.name}); known: the kinds in program.py")
+  """One op on integer codes (bool masks, int32 indices; float only for the program inputs and log-softmax):
+  the op table's kernel. `hints` (from `requant_hints`, static) only skip work; without them every kernel takes
+  its general path."""
+  return ops.op_def(o.kind).kernel(o, c, xs, hints)
 
 
 def _narrow(y: jax.Array, bits: int) -> jax.Array:
@@ -106,7 +47,7 @@ def _widen(x: jax.Array) -> jax.Array:
 
 def _step(o: Op, c: dict, xs: list, hints: dict | None) -> jax.Array:
   """One op as the runner executes it: narrow codes in, its kernel on int32, narrow codes out."""
-  if o.kind not in GLUE or o.kind == "top_k":         # glue moves narrow codes as they are
+  if ops.op_def(o.kind).widen_inputs:                  # glue moves narrow codes as they are
     xs = [_widen(x) for x in xs]
   return _narrow(_kernel(o, c, xs, hints), o.bits)
 
@@ -142,8 +83,8 @@ def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, in
 
 # mode="ops" starts a new segment at every op that reduces rows of its input: there XLA would otherwise fuse
 # the producer's requant chain into each of the reduction's passes (measured: LayerNorm's four), so the input
-# is materialized first; everything else (dense, matmul, add, concat, ReLU, layout) joins the running segment.
-REDUCERS = ("layernorm", "softmax", "masked_max", "top_k", "log_softmax")
+# is materialized first; everything else (dense, matmul, add, concat, ReLU, layout) joins the running segment
+# (`OpDef.reduces_rows`: layernorm, softmax, masked_max, top_k, log_softmax).
 
 
 class _Segment(NamedTuple):
@@ -163,7 +104,7 @@ def _segment_fn(seg_ops: tuple, inputs: tuple, outputs: tuple, hints: dict):
 
 
 def _plan(program: Program, hints: dict, return_codes: bool) -> list:
-  """The program cut into segments, each one jitted kernel (see REDUCERS); a segment returns the tensors later
+  """The program cut into segments, each one jitted kernel (see `OpDef.reduces_rows`); a segment returns the tensors later
   segments, the outputs or return_codes read. Cached per program, hints and return_codes."""
   key = ("plan", repr(sorted(hints.items())), return_codes)
   plan = program._cache.get(key)
@@ -171,7 +112,7 @@ def _plan(program: Program, hints: dict, return_codes: bool) -> list:
     return plan
   groups: list[list[Op]] = []
   for o in program.ops:
-    if groups and o.kind not in REDUCERS:
+    if groups and not ops.op_def(o.kind).reduces_rows:
       groups[-1].append(o)
     else:
       groups.append([o])
@@ -254,10 +195,10 @@ def _structure(program: Program) -> str:
   """Everything the runner's trace depends on except the constants' values (they are arguments)."""
   s = program._cache.get("structure")
   if s is None:
-    ops = [(o.name, o.kind, o.inputs, o.shape, o.dtype, o.bits, repr(sorted(o.attrs.items())),
-            sorted((k, v.shape, str(v.dtype)) for k, v in o.consts.items())) for o in program.ops]
+    op_facts = [(o.name, o.kind, o.inputs, o.shape, o.dtype, o.bits, repr(sorted(o.attrs.items())),
+                 sorted((k, v.shape, str(v.dtype)) for k, v in o.consts.items())) for o in program.ops]
     meta = json.dumps(program.meta, sort_keys=True)
-    s = program._cache["structure"] = repr((ops, sorted(program.outputs.items()), meta))
+    s = program._cache["structure"] = repr((op_facts, sorted(program.outputs.items()), meta))
   return s
 
 

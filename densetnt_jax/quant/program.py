@@ -24,11 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from densetnt_jax.quant import arith as A
+from densetnt_jax.quant.ops import GLUE, HOST_KINDS, declared_bounds, op_def
 
 FORMAT = "densetnt-int-program/1"
-HOST_KINDS = ("log_softmax",)   # float ops the host runs after the accelerator (the scores' log-softmax)
-GLUE = ("reshape", "broadcast_to", "index", "concatenate", "tile", "moveaxis", "take_along_axis", "top_k")
 RECORD_BATCH = 3     # traced batch size: every tensor's axis 0 must be it, and becomes the symbolic batch
 
 
@@ -110,17 +108,8 @@ class Program:
     return host, handed
 
   def accumulator_bounds(self) -> dict[str, int]:
-    """Static bound of every int32 accumulator (dense: x.w + b, matmul: a.b after pre-shifts), in Python ints."""
-    out = {}
-    for o in self.ops:
-      if o.kind == "dense":
-        k = o.consts["w_q"].shape[0]
-        out[o.name] = A.dense_acc_bound(k, o.attrs["in_bits"][0]) + int(np.max(np.abs(o.consts["b_q"])))
-      elif o.kind == "matmul":
-        k, (ba, bb) = o.attrs["k"], o.attrs["in_bits"]
-        ka, kb = A.matmul_pre_shifts(k, ba, bb)
-        out[o.name] = k * 2**(ba - 1 - ka) * 2**(bb - 1 - kb)
-    return out
+    """Largest int32 intermediate of every op with wide arithmetic (the op table's bounds), in Python ints."""
+    return {name: max(b.values()) for name, b in declared_bounds(self).items()}
 
   def save(self, directory: str) -> None:
     """program.json (the document) + arrays.npz (the constants, keys c0, c1, ...)."""
@@ -215,42 +204,11 @@ def _at(tree: Any, name: str, what: str) -> Any:
   return node
 
 
-def _requant(prefix: str, rq: A.Requant) -> dict:
-  return {f"{prefix}mult": rq.multiplier, f"{prefix}shift": rq.shift, f"{prefix}pre": rq.pre_shift}
-
-
 def _consts(r: dict, params, s_in: list, s_out, b_in: list) -> dict:
-  """Integer constants of one recorded op: the same arith.*_params calls as the fake-quant forms."""
-  kind, name = r["kind"], r["name"]
-  if kind == "dense":
-    p = _at(params, name, "params")
-    d = A.dense_params(p["kernel"], p.get("bias"), s_in[0], s_out, b_in[0], 8, False)
-    return {"w_q": d.w_q.astype(jnp.int8), "b_q": d.b_q, **_requant("", d.rq)}
-  if kind == "layernorm":
-    p = _at(params, name, "params")
-    d = A.layernorm_params(p["scale"], p["bias"], s_in[0], s_out, b_in[0], r["attrs"]["eps"], 16)
-    return {"eps_m": d.eps_m, "eps_e": d.eps_e, **_requant("z_", d.rq_z), "g_q": d.g_q.astype(jnp.int16),
-            "b_q": d.b_q, **_requant("", d.rq_y)}
-  if kind == "matmul":
-    rq = A.matmul_params(s_in[0], s_in[1], s_out, r["attrs"]["k"], b_in[0], b_in[1], r["attrs"]["alpha"])
-    return _requant("", rq)
-  if kind == "softmax":
-    d = A.softmax_params(s_in[0], s_out)
-    return {**_requant("t_", d.rq_t), **_requant("", d.rq_y)}
-  if kind == "add":
-    d = A.add_params(s_in[0], s_in[1], s_out, b_in[0], b_in[1])
-    return {"mx": d.mx, "my": d.my, **_requant("", d.rq)}
-  if kind == "mask_add":
-    d = A.add_params(s_in[0], 1.0, s_out, b_in[0], 8)
-    return {"mx": d.mx, "my": d.my, **_requant("", d.rq)}
-  if kind in ("dense_grid", "dense_grid_mask"):
-    return {"step": A.grid_step(s_in[0], r["attrs"]["spacing"])}
-  if kind == "concat":
-    out = {}
-    for i, rq in enumerate(A.concat_params(s_in, s_out)):
-      out.update(_requant(f"{i}_", rq))
-    return out
-  return {}
+  """Integer constants of one recorded op: its op definition's `derive`, the same arith.*_params calls as the
+  fake-quant forms."""
+  derive = op_def(r["kind"]).derive
+  return {} if derive is None else derive(r, lambda: _at(params, r["name"], "params"), s_in, s_out, b_in)
 
 
 def _derive(recorded: list, input_names: tuple, params, quant_state) -> tuple[dict, dict]:
