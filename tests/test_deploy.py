@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from densetnt_jax.quant import ops
 from densetnt_jax.deploy import artifact, checker, perf, runner
 from densetnt_jax.quant.interpreter import _structure, run_program
 
@@ -57,6 +58,20 @@ def test_checker_passes_the_tiny_program(program, spec):
   assert all(r.acc_bound <= static[r.name] for r in dense)
   text = checker.format_report(report)
   assert "PASS: the program fits target" in text and dense[0].name in text
+
+
+def test_the_op_table_describes_every_recorded_op(program):
+  """Each op convert wrote has its kind's definition: inputs, the constants `derive` gives (and only those, plus
+  an output's dequantization scale), the attrs the recorder writes; bounds only where the kernel accumulates."""
+  for o in program.ops:
+    d = ops.OPS[o.kind]
+    assert d.inputs in (None, len(o.inputs)), o.name
+    assert set(d.consts_for(len(o.inputs))) <= set(o.consts) <= set(d.consts_for(len(o.inputs))) | {"scale"}, o.name
+    assert set(d.attrs) <= set(o.attrs), o.name
+  bounds = ops.declared_bounds(program)
+  assert {o.kind for o in program.ops if o.name in bounds} == {"dense", "matmul", "layernorm", "softmax", "add",
+                                                             "mask_add"}
+  assert ops.GLUE == tuple(k for k, d in ops.OPS.items() if d.glue) and "top_k" in ops.GLUE
 
 
 def _set_const(op, name, index, value):
