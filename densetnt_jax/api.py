@@ -48,7 +48,7 @@ class Predictor:
     if stage == "int":
       if program is None:
         raise ValueError("the int stage predicts with an integer program: Predictor(..., program=...)")
-      from densetnt_jax.model.postprocess import PostprocessSettings
+      from densetnt_jax.postprocess import PostprocessSettings
       from densetnt_jax.quant import run_program
       settings = PostprocessSettings.from_config(config.postprocess)    # the host epilogue follows the config
       self._predict = lambda x: run_program(program, x, postprocess=settings)

@@ -36,7 +36,7 @@ import onnx
 
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_ops import Emitter, i32
-from densetnt_jax.model.postprocess import PostprocessSettings
+from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant.program import GLUE, Program
 

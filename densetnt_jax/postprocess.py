@@ -1,5 +1,6 @@
 """Mode selection on the host: HAT's goal NMS or DenseTNT's goal-set optimisation; jittable, static shapes,
-batched.
+batched. It imports jax and numpy only: the model's predict, the integer interpreter and the artifact runner
+all end with it.
 
 `selection` (config.postprocess.selection):
   nms  HAT: greedy NMS over the top-k goals by score (2 m), mode probabilities the softmax of the kept scores.
