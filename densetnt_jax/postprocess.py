@@ -21,7 +21,7 @@ whole trajectory onto it, linearly in time.
 
 Padding rule: when fewer than `mode_num` goals survive NMS, the missing modes repeat mode 0 (the best goal and
 its trajectory) with probability exactly 0 and `mode_mask` False. Every mode is then a real trajectory, the
-probabilities of the kept modes sum to 1, and a stable sort by descending probability (as eval/metrics.py
+probabilities of the kept modes sum to 1, and a stable sort by descending probability (as metrics.py
 does) keeps the real modes first; a padded copy can never beat mode 0 on displacement, and on a tie the
 first (real) mode wins.
 """

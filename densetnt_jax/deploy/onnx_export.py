@@ -502,7 +502,7 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
   `rows_agree`: share of top-k rows whose goal both sides picked alike. codes: the reference also returns
   per-op codes, compared with the session's `codes/<op>` outputs. postprocess=PostprocessSettings and
   batches carrying labels (future_Fx2, has_future, seq_id): end metrics of both after the host NMS."""
-  from densetnt_jax.eval.metrics import MetricsAccumulator
+  from densetnt_jax.metrics import MetricsAccumulator
   scales = scales or {}
   accs = {k: MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold) for k in ("reference", "onnx")}
   scored_total = 0

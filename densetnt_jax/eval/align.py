@@ -18,7 +18,7 @@ import numpy as np
 from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.scene import model_inputs
-from densetnt_jax.eval.metrics import MetricsAccumulator
+from densetnt_jax.metrics import MetricsAccumulator
 
 BOARD_BATCH = 30        # HAT's align_bpu data pipeline: batch 30, no shuffle
 METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")

@@ -21,7 +21,7 @@ from densetnt_jax.data.pack import split_lmdb_path, split_source
 from densetnt_jax.data.scene import to_city_frame_batch
 from densetnt_jax.eval.baselines import constant_velocity
 from densetnt_jax.eval.leaderboard import refuse_incomplete, source_sequence_ids, write_leaderboard_h5
-from densetnt_jax.eval.metrics import MetricsAccumulator
+from densetnt_jax.metrics import MetricsAccumulator
 from densetnt_jax.progress import progress_bar
 
 

@@ -12,9 +12,9 @@ import numpy as np
 from densetnt_jax.progress import progress_bar
 
 from densetnt_jax.data.scene import Scene
-from densetnt_jax.eval.metrics import per_sequence_errors
 from densetnt_jax.eval.visualize import (contact_sheet_figure, prediction_kwargs, save_figure, scene_figure,
                                          stage_comparison_figure)
+from densetnt_jax.metrics import per_sequence_errors
 
 SELECTIONS = ("first", "worst", "random")
 

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
 from densetnt_jax.data.scene import Scene, decode_city
-from densetnt_jax.eval.metrics import per_sequence_errors
+from densetnt_jax.metrics import per_sequence_errors
 
 AGENT_COLOR, AV_COLOR, OTHERS_COLOR = "#d62728", "#2ca02c", "#1f77b4"
 LANE_COLOR = "#bdbdbd"

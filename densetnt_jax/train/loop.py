@@ -36,7 +36,7 @@ from densetnt_jax.progress import progress_bar
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import split_lmdb_path
 from densetnt_jax.data.scene import Scene, model_inputs
-from densetnt_jax.eval.metrics import MetricsAccumulator
+from densetnt_jax.metrics import MetricsAccumulator
 from densetnt_jax.train import checkpoint as ckpt
 
 TRAIN_LABEL_FIELDS = ("future_Fx2", "goal_index", "has_future")
