@@ -55,6 +55,7 @@ import numpy as np
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.program import GLUE, Op, Program
+from densetnt_jax.workdir import load_program
 
 RULES = ("graph", "op-supported", "op-bits", "scale", "static-shape", "accumulator", "multiplier", "shift", "lut",
          "tensor-size", "operands")
@@ -647,7 +648,6 @@ def format_report(report: CheckReport, max_rows: int | None = None) -> str:
 def run(config, workdir: str, program: Program | None = None, quiet: bool = False) -> int:
   """bin/model_checker.py: check the workdir's int program against config.target; 0 when it fits, else 1."""
   if program is None:
-    from densetnt_jax.train.stages import load_program
     program = load_program(workdir)
   report = check_program(program, TargetSpec.from_config(config.target))
   if not quiet:
