@@ -23,7 +23,7 @@ from bench_model import _config, _contended, best_time, random_batch   # noqa: E
 
 from densetnt_jax.data.scene import MODEL_INPUT_FIELDS   # noqa: E402
 from densetnt_jax.model import build_model   # noqa: E402
-from densetnt_jax.model.postprocess import PostprocessSettings, finish_prediction   # noqa: E402
+from densetnt_jax.postprocess import PostprocessSettings, finish_prediction   # noqa: E402
 from densetnt_jax.train.step import DEFAULT_CHUNK, init_train_state, make_optimizer, predict_step, train_step  # noqa: E402
 
 

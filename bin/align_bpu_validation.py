@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from densetnt_jax import cli
-from densetnt_jax.eval.align import BOARD_BATCH, run
+from densetnt_jax.deploy.align import BOARD_BATCH, run
 
 flags.DEFINE_string("workdir", None, "Workdir holding qat/best and int/program (default: config.workdir).")
 flags.DEFINE_integer("num_batches", -1, "Val batches to compare (-1: the whole split).")

@@ -16,19 +16,21 @@ import jax
 import numpy as np
 
 from densetnt_jax.data.loader import ArgoverseDataset
+from densetnt_jax.data.pack import split_lmdb_path
 from densetnt_jax.data.scene import Scene, model_inputs, to_city_frame_batch
 from densetnt_jax.data.vectorize import vectorize_csv
-
-
-STAGES = ("float", "calibration", "qat", "int")
+from densetnt_jax.model import DenseTNT, build_model
+from densetnt_jax.postprocess import PostprocessSettings
+from densetnt_jax.quant import run_program
+from densetnt_jax.train.checkpoint import load_config, restore_stage
+from densetnt_jax.train.step import variables
+from densetnt_jax.workdir import STAGES, load_program
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _model_predict(params, quant, inputs: dict, *, model):
   """The (fake-quant when `quant` is given) model's predict; one compile per model config and input shapes,
   shared by every Predictor (the calibration and qat stages, or reloads in a notebook, do not recompile)."""
-  from densetnt_jax.model import DenseTNT
-  from densetnt_jax.train.step import variables
   return model.apply(variables(params, quant), inputs, method=DenseTNT.predict)
 
 
@@ -40,7 +42,6 @@ class Predictor:
   float: `params`; calibration and qat: `params` and `quant` (fake-quant); int: `program` (integer)."""
 
   def __init__(self, config, params=None, stage: str = "float", *, quant=None, program=None):
-    from densetnt_jax.model import build_model
     if stage not in STAGES:
       raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     self.config, self.params, self.quant, self.program, self.stage = config, params, quant, program, stage
@@ -48,8 +49,6 @@ class Predictor:
     if stage == "int":
       if program is None:
         raise ValueError("the int stage predicts with an integer program: Predictor(..., program=...)")
-      from densetnt_jax.model.postprocess import PostprocessSettings
-      from densetnt_jax.quant import run_program
       settings = PostprocessSettings.from_config(config.postprocess)    # the host epilogue follows the config
       self._predict = lambda x: run_program(program, x, postprocess=settings)
       return
@@ -88,7 +87,6 @@ class Predictor:
 
   def dataset(self, split: str | None = None) -> ArgoverseDataset:
     """The config's packed split (default: val) with this model's shapes."""
-    from densetnt_jax.data.pack import split_lmdb_path
     return ArgoverseDataset(split_lmdb_path(self.config.data.lmdb_dir, split or self.config.data.val_split),
                             self.config.data)
 
@@ -101,8 +99,6 @@ def load(workdir, stage: str = "float", *, which: str = "best", config=None) -> 
   and what to do) rather than quietly predicting with another state. The int stage loads
   `{workdir}/int/program` (`which` does not apply).
   """
-  from densetnt_jax.train.checkpoint import load_config, restore_stage
-  from densetnt_jax.train.stages import load_program
   if stage not in STAGES:
     raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
   config = config if config is not None else load_config(workdir)

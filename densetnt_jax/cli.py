@@ -14,6 +14,7 @@ import sys
 import traceback
 
 from absl import app, flags
+from ml_collections import config_flags
 
 USER_ERROR_EXIT = 2
 MESSAGE_MAX_CHARS = 800
@@ -154,7 +155,6 @@ def _override_error(argv: list[str], error: BaseException) -> str | None:
 
 def _check_config_files() -> None:
   """config_flags keeps a config file that failed to load until its first use; report it here instead."""
-  from ml_collections import config_flags
   for name in list(flags.FLAGS):
     flag = flags.FLAGS[name]
     try:

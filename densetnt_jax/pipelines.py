@@ -34,16 +34,15 @@ from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.real_layout import make_real_layout
 from densetnt_jax.data.synthetic import write_synthetic_city
-from densetnt_jax.deploy import checker, perf
-from densetnt_jax.eval import align
+from densetnt_jax.deploy import align, checker, perf
 from densetnt_jax.eval.evaluate import evaluate, format_table
 from densetnt_jax.eval.infer import render_predictions
 from densetnt_jax.eval.infer import write_pictures as _write_pictures
 from densetnt_jax.eval.visualize import save_scene_png
 from densetnt_jax.train import stages as train_stages
 from densetnt_jax.train.loop import train_and_evaluate
+from densetnt_jax.workdir import STAGES, load_program
 
-STAGES = ("float", "calibration", "qat", "int")
 METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
@@ -200,7 +199,7 @@ def check_target(config, workdir: str, *, table: bool = True) -> int:
   """bin/model_checker.py: the int program against config.target, its report printed (`table`=False: only the
   summary and the verdict lines); 0 when it fits, else 1."""
   step(f"model checker (target {config.target.name})")
-  report = checker.check_program(train_stages.load_program(workdir), checker.TargetSpec.from_config(config.target))
+  report = checker.check_program(load_program(workdir), checker.TargetSpec.from_config(config.target))
   lines = checker.format_report(report)
   print(lines if table else "\n".join(lines.splitlines()[-2:]))
   return 0 if report.ok else 1

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from densetnt_jax.deploy import artifact, runner
-from densetnt_jax.model.postprocess import PostprocessSettings
+from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant.interpreter import run_program
 from densetnt_jax.quant.program import Op, Program
 

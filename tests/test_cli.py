@@ -44,7 +44,7 @@ def _raise_value_error():
 def test_only_errors_raised_on_purpose_are_user_errors():
   """A ValueError from a `raise` in the package is a message for the user; one that numpy raises from a call
   (a bug) is not, nor is any other exception type."""
-  from densetnt_jax.train.checkpoint import checkpoint_dir
+  from densetnt_jax.workdir import checkpoint_dir
   errors = {}
   for name, fn in {"raised by the package": lambda: checkpoint_dir("w", which="newest"),
                    "numpy's, from a call": lambda: np.zeros(3).reshape(2, 2),

@@ -20,8 +20,9 @@ from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.scene import to_city_frame
 from densetnt_jax.eval.evaluate import evaluate, format_table
 from densetnt_jax.eval.leaderboard import read_leaderboard_h5
-from densetnt_jax.train.checkpoint import checkpoint_dir, restore_params
+from densetnt_jax.train.checkpoint import restore_params
 from densetnt_jax.train.loop import train_and_evaluate
+from densetnt_jax.workdir import checkpoint_dir
 
 
 @pytest.fixture(scope="module")

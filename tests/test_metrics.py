@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from densetnt_jax.eval.metrics import (MetricsAccumulator, forecasting_metrics, per_sequence_errors,
-                                       summarize)
+from densetnt_jax.metrics import (MetricsAccumulator, forecasting_metrics, per_sequence_errors,
+                                  summarize)
 
 GT_TX2 = np.array([[0.0, 1.0], [0.0, 2.0]])
 

@@ -228,7 +228,7 @@ def test_nms_hand_made_goals():
   np.testing.assert_allclose(modes.probs_BxK[0], np.concatenate([w / w.sum(), np.zeros(3)]), rtol=1e-6)
   np.testing.assert_array_equal(modes.trajs_BxKxFx2[0, 3:], np.repeat(trajs[:, :1], 3, axis=1)[0])
   np.testing.assert_array_equal(modes.goals_BxKx2[0, :3], goals[[0, 2, 3]])
-  # a stable sort by descending probability (as eval/metrics.py) keeps the real modes first, in order
+  # a stable sort by descending probability (as metrics.py) keeps the real modes first, in order
   assert np.argsort(-np.asarray(modes.probs_BxK[0]), kind="stable").tolist() == [0, 1, 2, 3, 4, 5]
 
 

@@ -10,7 +10,7 @@ from onnx import helper
 
 from densetnt_jax.deploy import onnx_export as X
 from densetnt_jax.deploy import onnx_ops
-from densetnt_jax.model.postprocess import PostprocessSettings
+from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
 
 

@@ -12,7 +12,7 @@ from matplotlib.patches import Circle
 from conftest import ROOT
 from densetnt_jax.data.scene import Scene
 from densetnt_jax.eval import curves, infer, visualize
-from densetnt_jax.eval.metrics import per_sequence_errors
+from densetnt_jax.metrics import per_sequence_errors
 from test_visualize import _scene
 
 

@@ -1,4 +1,4 @@
-"""Mode selection on the host (model/postprocess.py): DenseTNT's goal-set optimisation (mr / fde) on hand-made
+"""Mode selection on the host (densetnt_jax/postprocess.py): DenseTNT's goal-set optimisation (mr / fde) on hand-made
 distributions against HAT's NMS, its determinism, probabilities and padding, and the endpoint on the goal."""
 import functools
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densetnt_jax.model.postprocess import (PostprocessSettings, end_on_goal, finish_prediction, optimize_select,
-                                            select_modes)
+from densetnt_jax.postprocess import (PostprocessSettings, end_on_goal, finish_prediction, optimize_select,
+                                      select_modes)
 
 
 def _two_clusters():

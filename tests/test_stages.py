@@ -21,11 +21,12 @@ import pytest
 from conftest import ROOT, load_config, pack_real_subset, tiny_config
 import densetnt_jax
 from densetnt_jax.data.scene import model_inputs
-from densetnt_jax.eval.align import BOARD_BATCH, run as align_run
+from densetnt_jax.deploy.align import BOARD_BATCH, run as align_run
 from densetnt_jax.eval.evaluate import evaluate
 from densetnt_jax.train import loop
-from densetnt_jax.train.checkpoint import checkpoint_dir, restore_stage
-from densetnt_jax.train.stages import MissingStageError, load_program, program_dir, run_stage
+from densetnt_jax.train.checkpoint import restore_stage
+from densetnt_jax.train.stages import run_stage
+from densetnt_jax.workdir import MissingStageError, checkpoint_dir, load_program, program_dir
 
 NUM_TRAIN, NUM_VAL = 12, 8
 STAGES = ("float", "calibration", "qat", "int")
@@ -204,7 +205,7 @@ def test_align_also_checks_the_compiled_artifact_and_the_int_onnx(pipeline, tmp_
   interpreter: bit-identical here; an artifact compiled from another program (one weight flipped) fails."""
   import onnx
   from densetnt_jax.deploy import artifact, onnx_export
-  from densetnt_jax.eval.align import deployed_paths
+  from densetnt_jax.workdir import deployed_paths
   config, workdir, _, _ = pipeline
   shutil.copytree(os.path.join(workdir, "qat"), tmp_path / "qat")
   shutil.copytree(os.path.join(workdir, "int"), tmp_path / "int")

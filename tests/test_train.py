@@ -18,9 +18,10 @@ import pytest
 from conftest import ROOT, load_config, pack_real_subset, tiny_config
 from densetnt_jax.model import build_model
 from densetnt_jax.train import loop
-from densetnt_jax.train.checkpoint import checkpoint_dir, latest_manager, load_config as load_run_config
+from densetnt_jax.train.checkpoint import latest_manager, load_config as load_run_config
 from densetnt_jax.train.checkpoint import restore_params
 from densetnt_jax.train.step import init_train_state, make_optimizer, train_step
+from densetnt_jax.workdir import checkpoint_dir
 
 NUM_TRAIN, NUM_VAL = 12, 8
 STEPS = 6

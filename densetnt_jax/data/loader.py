@@ -17,7 +17,8 @@ import numpy as np
 
 from densetnt_jax.data.errors import RecordError
 from densetnt_jax.data.lmdb_env import open_env
-from densetnt_jax.data.pack import META_KEY, UNUSABLE_KEY, is_record_key, read_meta, read_unusable, record_key
+from densetnt_jax.data.pack import (META_KEY, UNUSABLE_KEY, is_record_key, read_meta, read_unusable, record_key,
+                                    split_lmdb_path)
 from densetnt_jax.data.record import FORMAT_VERSION, decode_arrays, pad_into
 from densetnt_jax.data.scene import Scene, shapes_from_config
 from densetnt_jax.data.vectorize import vectorize_settings
@@ -194,6 +195,17 @@ class ArgoverseDataset:
       yield from (self.make_batch(rows) for rows in plan)
       return
     yield from _prefetch((self.make_batch(rows) for rows in plan), prefetch)
+
+
+def open_split(data_config, split: str) -> ArgoverseDataset:
+  """The packed LMDB of a split, or an error that says how to pack it."""
+  path = split_lmdb_path(data_config.lmdb_dir, split)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"no packed {split!r} split at {path}: pack it first, e.g.\n  python bin/argoverse_packer.py "
+        f"--src-data-dir {data_config.src_dir} --mode {split} --pack-type lmdb "
+        f"--target-data-dir {data_config.lmdb_dir}")
+  return ArgoverseDataset(path, data_config)
 
 
 def _prefetch(iterator, size: int):

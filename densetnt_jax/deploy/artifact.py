@@ -57,7 +57,7 @@ import jax
 import numpy as np
 
 from densetnt_jax.deploy.checker import TargetSpec, check_program
-from densetnt_jax.model.postprocess import PostprocessSettings, finish_prediction
+from densetnt_jax.postprocess import PostprocessSettings, finish_prediction
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.program import FORMAT as PROGRAM_FORMAT

@@ -56,6 +56,7 @@ from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
 from densetnt_jax.quant.ops import OPS, OpDef, TensorFacts, Unbounded, absmax, ints, op_def, stored_dtype
 from densetnt_jax.quant.program import Op, Program
+from densetnt_jax.workdir import load_program
 
 INT32_MAX = 2**31 - 1
 KERNEL_MULT_MAX = 2**A.MULT_BITS - 1     # mul_shift's limbs: |lo * M| < 2^31 needs |M| <= 2^15 - 1
@@ -585,7 +586,6 @@ def format_report(report: CheckReport, max_rows: int | None = None) -> str:
 def run(config, workdir: str, program: Program | None = None, quiet: bool = False) -> int:
   """bin/model_checker.py: check the workdir's int program against config.target; 0 when it fits, else 1."""
   if program is None:
-    from densetnt_jax.train.stages import load_program
     program = load_program(workdir)
   report = check_program(program, TargetSpec.from_config(config.target))
   if not quiet:

@@ -24,6 +24,7 @@ and mode selection stay on the host: `finish(outputs, settings)` runs the model'
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -34,11 +35,22 @@ import jax
 import numpy as np
 import onnx
 
+from densetnt_jax.data.loader import open_split
+from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_ops import Emitter, i32
-from densetnt_jax.model.postprocess import PostprocessSettings
+from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax.model import build_model
+from densetnt_jax.model.primitives import SMALL_K
+from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
+from densetnt_jax.quant import calibration
+from densetnt_jax.quant import convert, init_quant_state, run_program
+from densetnt_jax.quant.interpreter import finish_kernel, run_host_part
 from densetnt_jax.quant.program import GLUE, Program
+from densetnt_jax.quant.qtensor import raw
+from densetnt_jax.train.checkpoint import restore_stage
+from densetnt_jax.workdir import load_program
 
 OUTPUT_ROLES = ("goal_logprobs_BxG", "topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
 LOGPROB_ROLES = ("goal_logprobs_BxG", "topk_logprobs_BxN")    # float epilogue (config.target.host_ops)
@@ -106,7 +118,6 @@ def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: 
 # ------------------------------------------------------------------------------------------- float ops
 def _float_dense(e: Emitter, x, kernel, bias):
   """primitives.dense: x @ kernel + bias; K <= SMALL_K as the float form's broadcast multiply-adds."""
-  from densetnt_jax.model.primitives import SMALL_K
   k = kernel.shape[0]
   if k <= SMALL_K:
     y = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
@@ -227,7 +238,6 @@ def _qdq_op(e: Emitter, op, xs, in_shapes, params, scales: dict, codes: dict):
 
 
 def _with_attrs(op, **attrs):
-  import dataclasses
   return dataclasses.replace(op, attrs={**op.attrs, **attrs})
 
 
@@ -242,14 +252,12 @@ def _float_out(e, op, t):
 
 
 def _record(model, params, quant_state, example_inputs) -> Program:
-  from densetnt_jax.quant import convert
   return convert(model, params, quant_state, example_inputs)
 
 
 def export_float(model, params, example_inputs: dict, config) -> onnx.ModelProto:
   """The float model's predict (up to the five program outputs) as ONNX, float params as initializers. The op
   list is recorded as `convert` records it, with a fresh quant state (its scales are not used)."""
-  from densetnt_jax.quant import init_quant_state
   program = _record(model, params, init_quant_state(model, params, example_inputs, config.quant), example_inputs)
   return _build(program, functools.partial(_float_op, params=params), _float_out, opset=_opset(config),
                 name="densetnt_float", doc="DenseTNT float predict up to the top-k goals; NMS on the host")
@@ -372,8 +380,6 @@ def run_onnx(session, inputs: dict) -> dict:
 def complete_int(program: Program):
   """raw int-graph outputs -> the five program outputs: the host part (`interpreter.run_host_part`: the float
   log-softmax of the dequantized goal scores and its top-k gather) on the `host/<name>` tensors."""
-  from densetnt_jax.quant.interpreter import run_host_part
-
   def complete(raw: dict) -> dict:
     handed = {k.split("/", 1)[1]: v for k, v in raw.items() if k.startswith("host/")}
     host = {r: np.asarray(v) for r, v in run_host_part(program, handed).items()}
@@ -384,7 +390,6 @@ def complete_int(program: Program):
 def finish(outputs: dict, settings):
   """Host epilogue: the model's mode selection on the five ONNX outputs (a Prediction), with the interpreter's
   own jitted kernel (`run_program` runs the same one on its outputs: the same bits)."""
-  from densetnt_jax.quant.interpreter import finish_kernel
   return finish_kernel(settings)({r: outputs[r] for r in OUTPUT_ROLES})
 
 
@@ -397,7 +402,6 @@ def _complete_only(mdl, method_name: str) -> bool:
 def _jax_outputs(variables, inputs, *, model):
   """The five program outputs of a float (params) or fake-quant (params + quant) predict; the top-k
   trajectories are the decoder's `complete` output, captured."""
-  from densetnt_jax.quant.qtensor import raw
   pred, state = model.apply(variables, inputs, method="predict", capture_intermediates=_complete_only,
                             mutable=["intermediates"])
   trajs = raw(state["intermediates"]["decoder"]["complete"][0])
@@ -408,16 +412,13 @@ def _jax_outputs(variables, inputs, *, model):
 
 def jax_reference(model, params, quant: dict | None = None):
   """inputs -> the five outputs of the float predict (quant None) or the fake-quant predict (numpy)."""
-  from densetnt_jax.quant.calibration import model_inputs
   variables = {"params": params} if quant is None else {"params": params, "quant": quant}
-  return lambda inputs: jax.device_get(_jax_outputs(variables, model_inputs(inputs), model=model))
+  return lambda inputs: jax.device_get(_jax_outputs(variables, calibration.model_inputs(inputs), model=model))
 
 
 def int_reference(program: Program, codes: bool = False):
   """inputs -> the five outputs of `run_program` (the trajectories from its codes); codes: (outputs, {op:
   int32 codes}) for a graph exported with codes=True."""
-  from densetnt_jax.quant import run_program
-  from densetnt_jax.quant.calibration import model_inputs
   src = program.op(program.outputs["topk_trajs_BxNxFx2"])
   chain = []
   while src.kind == "reshape":
@@ -426,7 +427,7 @@ def int_reference(program: Program, codes: bool = False):
   traj_scale = program.op(program.outputs["topk_trajs_BxNxFx2"]).consts["scale"]
 
   def ref(inputs):
-    pred, op_codes = jax.device_get(run_program(program, model_inputs(inputs), return_codes=True))
+    pred, op_codes = jax.device_get(run_program(program, calibration.model_inputs(inputs), return_codes=True))
     t = op_codes[src.name]
     for o in reversed(chain):
       t = t.reshape((t.shape[0],) + tuple(o.attrs["shape"][1:]))
@@ -502,7 +503,6 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
   `rows_agree`: share of top-k rows whose goal both sides picked alike. codes: the reference also returns
   per-op codes, compared with the session's `codes/<op>` outputs. postprocess=PostprocessSettings and
   batches carrying labels (future_Fx2, has_future, seq_id): end metrics of both after the host NMS."""
-  from densetnt_jax.eval.metrics import MetricsAccumulator
   scales = scales or {}
   accs = {k: MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold) for k in ("reference", "onnx")}
   scored_total = 0
@@ -635,8 +635,6 @@ def format_result(stage: str, result: dict) -> str:
 
 
 def _val_batches(config, n: int):
-  from densetnt_jax.data.scene import model_inputs
-  from densetnt_jax.train.loop import open_split
   ds = open_split(config.data, config.data.val_split)
   out = []
   for i, batch in enumerate(ds.batches(int(config.train.eval_batch_size))):
@@ -650,9 +648,6 @@ def _val_batches(config, n: int):
 def export_workdir(config, workdir, stage: str, batches):
   """(ModelProto, reference, scales, check) of a workdir's stage: float best, qat best (QDQ) or the int program;
   `check`: None, or for int (the same graph with per-op code outputs, its reference with codes)."""
-  from densetnt_jax.model import build_model
-  from densetnt_jax.train.checkpoint import restore_stage
-  from densetnt_jax.train.stages import load_program
   model = build_model(config)
   if stage == "float":
     params, _, _ = restore_stage(workdir, "float", "best")

@@ -15,13 +15,19 @@ their source's buffer; program inputs count, outputs live to the end).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 
+import jax
 import numpy as np
 
+from densetnt_jax.deploy import artifact, checker, runner
 from densetnt_jax.deploy.checker import TargetSpec, tensor_bytes
+from densetnt_jax.quant.interpreter import run_program
 from densetnt_jax.quant.ops import op_def
 from densetnt_jax.quant.program import Op, Program
+from densetnt_jax.workdir import ARTIFACT_NAME, load_program
 
 # HAT's published DenseTNT figure on J6E (batch 30), printed beside our estimate
 HAT_J6E_REFERENCE = dict(batch=30, latency_ms=11.30, fps=144.7, source="HAT DenseTNT (J6E, batch 30)")
@@ -168,8 +174,6 @@ def synthetic_inputs(program: Program, batch: int, seed: int = 0) -> dict[str, n
 
 def measure_interpreter(program: Program, batch: int, reps: int = 5, seed: int = 0) -> dict:
   """The jitted interpreter's wall time on this machine: compile (first call), then the best of `reps` runs."""
-  import jax
-  from densetnt_jax.quant.interpreter import run_program
   inputs = synthetic_inputs(program, batch, seed)
   start = time.perf_counter()
   jax.block_until_ready(run_program(program, inputs))
@@ -222,23 +226,11 @@ def format_perf(program: Program, spec: TargetSpec, summaries: list[PerfSummary]
 
 
 # ------------------------------------------------------------------------------------------ compile_perf
-ARTIFACT_NAME = "model.dtnt"
-
-
 def run(config, workdir: str, out_dir: str | None = None, reps: int = 5, measure: bool = True,
         fresh_check: bool = True, per_layer: bool = True, verify_batch: int = 1) -> int:
   """bin/compile_perf.py: check the workdir's int program against config.target, compile it to
   `<out_dir>/model.dtnt` (default `<workdir>/deploy`), verify the artifact (reload, and optionally a fresh
   process, bit for bit against the interpreter), print the perf table, write `perf.json`. 0 on success."""
-  import json
-  import os
-
-  import jax
-
-  from densetnt_jax.deploy import artifact, checker, runner
-  from densetnt_jax.quant.interpreter import run_program
-  from densetnt_jax.train.stages import load_program
-
   spec = TargetSpec.from_config(config.target)
   program = load_program(workdir)
   report = checker.check_program(program, spec)

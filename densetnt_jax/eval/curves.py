@@ -11,6 +11,7 @@ import json
 import os
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 STAGES = ("float", "calibration", "qat", "int")
@@ -20,7 +21,6 @@ BAR_METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6")
 
 
 def _figure(figsize, dpi) -> Figure:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
   fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
   FigureCanvasAgg(fig)
   return fig

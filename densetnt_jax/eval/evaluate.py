@@ -15,13 +15,14 @@ import time
 import numpy as np
 from absl import logging
 
+from densetnt_jax.api import load
 from densetnt_jax.data.argoverse import seq_id_from_path
 from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import split_lmdb_path, split_source
 from densetnt_jax.data.scene import to_city_frame_batch
 from densetnt_jax.eval.baselines import constant_velocity
 from densetnt_jax.eval.leaderboard import refuse_incomplete, source_sequence_ids, write_leaderboard_h5
-from densetnt_jax.eval.metrics import MetricsAccumulator
+from densetnt_jax.metrics import MetricsAccumulator
 from densetnt_jax.progress import progress_bar
 
 
@@ -126,7 +127,6 @@ def evaluate(config, workdir: str, *, stage: str = "float", split: str | None = 
   path, so an eval of another split or data set (which overwrites the file) says what it saw. `write_h5`: the
   leaderboard file, refused (before any prediction where it can be told) unless it holds every sequence of
   the split's source directory (`split_sequences`)."""
-  from densetnt_jax.api import load   # late import: api imports this module's callers
   split = split or config.data.val_split
   dataset = ArgoverseDataset(split_lmdb_path(config.data.lmdb_dir, split), config.data)
   expected, reasons, expected_from = split_sequences(config.data, split, dataset) if write_h5 else (None, {}, None)

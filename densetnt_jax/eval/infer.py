@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from densetnt_jax.progress import progress_bar
 
+from densetnt_jax.api import load
 from densetnt_jax.data.scene import Scene
-from densetnt_jax.eval.metrics import per_sequence_errors
+from densetnt_jax.eval.curves import plot_metrics
 from densetnt_jax.eval.visualize import (contact_sheet_figure, prediction_kwargs, save_figure, scene_figure,
                                          stage_comparison_figure)
+from densetnt_jax.metrics import per_sequence_errors
+from densetnt_jax.progress import progress_bar
 
 SELECTIONS = ("first", "worst", "random")
 
@@ -145,7 +147,6 @@ def run(config, workdir: str, save_path: str, *, stages=("float",), num: int = 1
   """What `bin/infer.py` does: for one stage, `num` scene PNGs; for several, `num` stage comparisons; with
   `grid` > 0 also `save_path/grid_<select>_<stage>.png` (the first stage). Scenes are chosen once (`select`,
   by the first stage) and shared by every picture. Returns the paths written."""
-  from densetnt_jax.api import load
   stages = list(stages)
   if not stages:
     raise ValueError("no stage to draw: give --stages=float[,int,...]")
@@ -175,8 +176,6 @@ def write_pictures(config, workdir: str, out_dir: str | None = None, *, num: int
   curves and the stage bars (`curves.plot_metrics`), `num` scene PNGs of the float model and, when the int
   program exists, `num` float-vs-int comparisons, for the worst scenes by float minFDE_k6, and a contact
   sheet of the `grid` worst. Cheap: one scoring pass of the float model over the split, a few scenes drawn."""
-  from densetnt_jax.api import load
-  from densetnt_jax.eval.curves import plot_metrics
   out_dir = out_dir or os.path.join(str(workdir), "pictures")
   paths = plot_metrics(workdir, out_dir)
   float_p = load(workdir, "float", config=config)

@@ -17,8 +17,13 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from densetnt_jax.data.loader import open_split
+from densetnt_jax.model import build_model
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import observers as O
+from densetnt_jax.train import loop
+from densetnt_jax.train.checkpoint import restore_stage
+from densetnt_jax.workdir import MissingStageError
 
 MODES = ("only", "all_but")
 METRIC = "minFDE_k6"
@@ -135,9 +140,6 @@ def format_sensitivity(result: dict, int16_patterns=(), max_rows: int | None = N
 
 def score_fn(config, params, dataset, *, num_batches: int, batch_size: int) -> Callable[[dict], dict]:
   """quant_state -> val metrics of the fake-quant model on the first `num_batches` batches."""
-  from densetnt_jax.model import build_model
-  from densetnt_jax.train import loop
-
   model = build_model(config)
   mesh = loop.make_mesh()
   predict = loop.make_predict_fn(model, mesh)
@@ -156,9 +158,6 @@ def sensitivity_workdir(config, workdir, *, stage: str = "calibration", mode: st
   """`sensitivity` of a workdir's calibration (or qat) checkpoint on its val split: per point matching the
   `layers` globs (default: all), or per module prefix of `group_depth` components (fewer evaluations: each
   one compiles the fake-quant model anew, since code widths are static)."""
-  from densetnt_jax.train.checkpoint import restore_stage
-  from densetnt_jax.train.loop import open_split
-  from densetnt_jax.train.stages import MissingStageError
   try:
     params, quant, _ = restore_stage(workdir, stage, "best")
   except FileNotFoundError as e:

@@ -14,14 +14,15 @@ import math
 import os
 
 import numpy as np
-from matplotlib import colors as mcolors
+from matplotlib import colormaps, colors as mcolors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
 
 from densetnt_jax.data.scene import Scene, decode_city
-from densetnt_jax.eval.metrics import per_sequence_errors
+from densetnt_jax.metrics import per_sequence_errors
 
 AGENT_COLOR, AV_COLOR, OTHERS_COLOR = "#d62728", "#2ca02c", "#1f77b4"
 LANE_COLOR = "#bdbdbd"
@@ -285,7 +286,6 @@ def prediction_kwargs(pred: dict) -> dict:
 
 
 def _figure(figsize, dpi) -> Figure:
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
   fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
   FigureCanvasAgg(fig)
   return fig
@@ -425,5 +425,4 @@ def contact_sheet_figure(scenes: list[Scene], preds: list[dict], *, titles: list
 
 
 def _cmap():
-  from matplotlib import colormaps
   return colormaps[GOAL_CMAP]

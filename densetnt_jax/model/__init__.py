@@ -1,13 +1,13 @@
-"""VectorNet encoder + DenseTNT decoder, loss and postprocess, all built from `primitives`.
+"""VectorNet encoder + DenseTNT decoder and loss, all built from `primitives`; the mode selection they end with
+is `densetnt_jax.postprocess` (below `quant`: the integer program's epilogue too), its names handed on here.
 
-Names load lazily (PEP 562): `densetnt_jax.model.postprocess` alone (the integer program's epilogue, used by
-the deployment runner) imports jax only, not flax."""
+Names load lazily (PEP 562)."""
 import importlib
 
 _EXPORTS = {
     "densetnt_jax.model.densetnt": ("DenseTNT", "Densetnt", "TrainOutputs", "build_model"),
     "densetnt_jax.model.loss": ("densetnt_loss", "smooth_l1", "valid_scenes"),
-    "densetnt_jax.model.postprocess": ("Modes", "Prediction", "finish_prediction", "nms_select", "select_modes"),
+    "densetnt_jax.postprocess": ("Modes", "Prediction", "finish_prediction", "nms_select", "select_modes"),
     "densetnt_jax.model.vectornet": ("Attention", "Encoding", "SubGraph", "Vectornet"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -7,10 +7,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from densetnt_jax.model.postprocess import PostprocessSettings, Prediction, finish_prediction
 from densetnt_jax.model import primitives as P
-from densetnt_jax.quant.qtensor import call_tag
 from densetnt_jax.model.vectornet import Attention, Encoding, Vectornet
+from densetnt_jax.postprocess import PostprocessSettings, Prediction, finish_prediction
+from densetnt_jax.quant.qtensor import call_tag
 
 # Variance scale of the (x, y) -> hidden layers' init: std = 0.07 per weight, so a point 10-15 m away gives
 # unit-scale pre-activations (inputs are metres in the agent frame, up to ~50-100 m).

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from densetnt_jax.model.postprocess import PostprocessSettings, finish_prediction
+from densetnt_jax.postprocess import PostprocessSettings, finish_prediction
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import ops
 from densetnt_jax.quant.program import Op, Program

@@ -1,13 +1,5 @@
-"""Checkpoints of a run: orbax managers for the latest and the best states, and helpers to read them back.
-
-Layout of a workdir (one per experiment; the stages float/calibration/qat/int share it):
-  {workdir}/config.json                    the config of the last run (`load_config`)
-  {workdir}/{stage}/checkpoints/{step}/    the last `keep_checkpoints` states: items params, opt_state, meta
-                                           (+ quant for qat)
-  {workdir}/{stage}/best/{step}/           the state with the lowest val minFDE_k6: items params, meta (+ quant)
-  {workdir}/{stage}/metrics.jsonl          one JSON object per log line (train/*, val/*)
-  {workdir}/calibration/best/0/            the calibrated model: params (the float best's), quant, meta
-  {workdir}/int/program/                   the integer program (`densetnt_jax.quant.load_program`)
+"""Checkpoints of a run: orbax managers for the latest and the best states, and helpers to read them back
+(`load_stage_input`: the checkpoint a stage after float starts from). Where they lie: `densetnt_jax.workdir`.
 
 `params` and `quant` (the fake-quant scales) are items of their own, so evaluation and inference restore them
 with no optimizer and no template (`restore_params`, `restore_stage`). `meta` is JSON: {"step", "epoch",
@@ -26,18 +18,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
-LATEST_DIR = "checkpoints"
+from densetnt_jax.workdir import STAGE_INPUT, MissingStageError, checkpoint_dir, run_hint
+
 CORRUPT_SUFFIX = "_corrupt"              # {stage}/checkpoints_corrupt/{step}: latest steps that did not restore
-BEST_DIR = "best"
 BEST_METRIC = "val/minFDE_k6"           # lower is better
-STAGES = ("float", "calibration", "qat", "int")
-
-
-def checkpoint_dir(workdir, stage: str = "float", which: str = "latest") -> str:
-  if which not in ("latest", "best"):
-    raise ValueError(f"which must be 'latest' or 'best'; got {which!r}")
-  return os.path.join(os.path.abspath(str(workdir)), stage, LATEST_DIR if which == "latest" else BEST_DIR)
 
 
 def _handlers(with_opt_state: bool) -> dict:
@@ -200,7 +186,6 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> str:
         dest = os.path.join(dest_root, f"{step}-{n}")
       shutil.move(step_path(manager, step), dest)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"set aside damaged checkpoints {steps}")
   manager.reload()
   return dest_root
@@ -243,6 +228,26 @@ def restore_stage(workdir, stage: str = "float", which: str = "best", step: int 
   finally:
     manager.close()
   return params, quant, meta
+
+
+def load_stage_input(workdir, stage: str) -> tuple[dict, dict | None]:
+  """(params, quant or None) of the checkpoint `stage` starts from: the best of the previous stage."""
+  if stage not in STAGE_INPUT:
+    raise ValueError(f"stage {stage!r} has no input checkpoint; stages with one: {list(STAGE_INPUT)}")
+  prev = STAGE_INPUT[stage]
+  try:
+    params, quant, meta = restore_stage(workdir, prev, "best")
+  except FileNotFoundError as e:
+    raise MissingStageError(
+        f"--stage={stage} starts from the {prev} stage's best checkpoint, and there is none in "
+        f"{checkpoint_dir(workdir, prev, 'best')}: run --stage={prev} first:\n  "
+        f"{run_hint(prev, workdir)}") from e
+  if prev != "float" and quant is None:
+    raise MissingStageError(f"{checkpoint_dir(workdir, prev, 'best')} (step {meta.get('step')}) has no "
+                            f"quant state: it was not written by --stage={prev}; run --stage={prev} again")
+  logging.info("--stage=%s starts from %s step %s", stage, checkpoint_dir(workdir, prev, "best"),
+               meta.get("step"))
+  return params, quant
 
 
 def _restore_without_template(manager: ocp.CheckpointManager, step: int, path: str):

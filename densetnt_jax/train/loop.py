@@ -31,13 +31,15 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from densetnt_jax.progress import progress_bar
 
-from densetnt_jax.data.loader import ArgoverseDataset
-from densetnt_jax.data.pack import split_lmdb_path
+from densetnt_jax.data.loader import ArgoverseDataset, open_split
 from densetnt_jax.data.scene import Scene, model_inputs
-from densetnt_jax.eval.metrics import MetricsAccumulator
+from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax.model import build_model
+from densetnt_jax.progress import progress_bar
 from densetnt_jax.train import checkpoint as ckpt
+from densetnt_jax.train.step import init_train_state, make_optimizer, predict_step, train_step
+from densetnt_jax.workdir import checkpoint_dir
 
 TRAIN_LABEL_FIELDS = ("future_Fx2", "goal_index", "has_future")
 
@@ -48,17 +50,6 @@ class NonFiniteLossError(FloatingPointError):
   def __init__(self, message: str, step: int):
     super().__init__(message)
     self.step = step
-
-
-def open_split(data_config, split: str) -> ArgoverseDataset:
-  """The packed LMDB of a split, or an error that says how to pack it."""
-  path = split_lmdb_path(data_config.lmdb_dir, split)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"no packed {split!r} split at {path}: pack it first, e.g.\n  python bin/argoverse_packer.py "
-        f"--src-data-dir {data_config.src_dir} --mode {split} --pack-type lmdb "
-        f"--target-data-dir {data_config.lmdb_dir}")
-  return ArgoverseDataset(path, data_config)
 
 
 def train_inputs(scene: Scene) -> dict[str, np.ndarray]:
@@ -113,8 +104,6 @@ def _finite_tree(tree) -> jax.Array:
 
 def make_train_fn(model, optimizer, loss_config, mesh: Mesh):
   """jit(train_step) with replicated state and a `finite` flag (loss and new params) in the metrics."""
-  from densetnt_jax.train.step import train_step
-
   def fn(state, batch):
     state, metrics = train_step(state, batch, model=model, optimizer=optimizer, loss_config=loss_config)
     metrics = dict(metrics)
@@ -130,7 +119,6 @@ def optimizer_and_train_fn(model, train_config: ml_collections.FrozenConfigDict,
                            loss_config: ml_collections.FrozenConfigDict, mesh: Mesh):
   """(optimizer, make_train_fn(...)), cached per (model, settings, mesh): a resumed run, or several runs in one
   process (tests, notebooks), reuse the compiled step instead of recompiling it (~10 s on 2 cores, fake-quant)."""
-  from densetnt_jax.train.step import make_optimizer
   optimizer = make_optimizer(train_config, steps_per_epoch)
   return optimizer, make_train_fn(model, optimizer, loss_config, mesh)
 
@@ -139,8 +127,6 @@ def optimizer_and_train_fn(model, train_config: ml_collections.FrozenConfigDict,
 def make_predict_fn(model, mesh: Mesh):
   """jit(predict_step): (params, inputs, quant=None) -> (trajs_BxKxFx2, probs_BxK), sharded like the batch.
   Cached per (model, mesh): the stages' evaluations of one model (calibration, every QAT epoch) compile once."""
-  from densetnt_jax.train.step import predict_step
-
   def fn(params, inputs, quant=None):
     pred = predict_step(params, inputs, quant, model=model)
     return pred.trajs_BxKxFx2, pred.probs_BxK
@@ -167,7 +153,7 @@ def evaluate(predict_fn, params, dataset: ArgoverseDataset, eval_config, batch_s
   return acc.result()
 
 
-class _Log:
+class MetricsLog:
   """metrics.jsonl (and TensorBoard) of one stage, written by process 0 only."""
 
   def __init__(self, stage_dir: str, tensorboard: bool, resume_step: int):
@@ -224,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
   """Trains a stage from its start, or resumes from `{workdir}/{stage}/checkpoints`; returns the final metrics.
 
   float starts from random params; qat from `params` and `quant` (default: the calibration checkpoint,
-  `stages.load_stage_input`), its quant state carried unchanged. `train_config` defaults to
+  `checkpoint.load_stage_input`), its quant state carried unchanged. `train_config` defaults to
   `stage_train_config(config, stage)`. `stop_after_steps` stops right after that global step without a
   final checkpoint or evaluation, as a kill would (tests of exact resume; a later call resumes from the
   latest checkpoint).
@@ -232,15 +218,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
   if stage not in TRAINED_STAGES:
     raise ValueError(f"stage {stage!r} is not trained: calibration and int are conversions "
                      "(densetnt_jax.train.stages.run_stage); trained stages: float, qat")
-  from densetnt_jax.model import build_model
-  from densetnt_jax.train.step import init_train_state
-
   ckpt.quiet_orbax_logging()
   t = train_config if train_config is not None else stage_train_config(config, stage)
   workdir = os.path.abspath(str(workdir))
   if stage == "qat" and params is None:
-    from densetnt_jax.train.stages import load_stage_input
-    params, quant = load_stage_input(workdir, "qat")
+    params, quant = ckpt.load_stage_input(workdir, "qat")
   if stage == "qat" and quant is None:
     raise ValueError("the qat stage needs the calibration's quant state (quant=...)")
   stage_dir = os.path.join(workdir, stage)
@@ -264,8 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
   state = init_train_state(model, optimizer, jax.random.key(config.seed), example, params=params, quant=quant)
   state = replicate(state, mesh)
 
-  latest = ckpt.latest_manager(ckpt.checkpoint_dir(workdir, stage, "latest"), t.keep_checkpoints)
-  best = ckpt.best_manager(ckpt.checkpoint_dir(workdir, stage, "best"))
+  latest = ckpt.latest_manager(checkpoint_dir(workdir, stage, "latest"), t.keep_checkpoints)
+  best = ckpt.best_manager(checkpoint_dir(workdir, stage, "best"))
   step = 0
   try:
     restored = ckpt.restore_newest_intact(latest, state.params, state.opt_state, state.quant)
@@ -283,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
     state = state.replace(step=replicate(np.asarray(step, np.asarray(state.step).dtype), mesh),
                           params=params, opt_state=opt_state, quant=restored[2] if len(restored) == 4 else None)
     logging.info("resumed from %s at step %d", latest.directory, step)
-  log = _Log(stage_dir, bool(t.tensorboard), step)
+  log = MetricsLog(stage_dir, bool(t.tensorboard), step)
   predict_fn = make_predict_fn(model, mesh)
   final: dict = {}
 

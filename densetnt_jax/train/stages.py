@@ -23,61 +23,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
+from densetnt_jax.model import build_model
+from densetnt_jax.quant import calibrate, convert, init_quant_state, run_program
 from densetnt_jax.train import checkpoint as ckpt
 from densetnt_jax.train import loop
-
-STAGES = ckpt.STAGES
-STAGE_INPUT = {"calibration": "float", "qat": "calibration", "int": "qat"}   # stage -> the stage it starts from
-PROGRAM_DIR = "program"
+from densetnt_jax.workdir import STAGE_INPUT, STAGES, checkpoint_dir, program_dir
 
 
-class MissingStageError(FileNotFoundError):
-  """A stage's input (the previous stage's checkpoint or program) is not in the workdir."""
-
-
-def _run_hint(stage: str, workdir) -> str:
-  return f"python bin/train.py --stage={stage} --config=... --workdir={workdir}"
-
-
-def load_stage_input(workdir, stage: str) -> tuple[dict, dict | None]:
-  """(params, quant or None) of the checkpoint `stage` starts from: the best of the previous stage."""
-  if stage not in STAGE_INPUT:
-    raise ValueError(f"stage {stage!r} has no input checkpoint; stages with one: {list(STAGE_INPUT)}")
-  prev = STAGE_INPUT[stage]
-  try:
-    params, quant, meta = ckpt.restore_stage(workdir, prev, "best")
-  except FileNotFoundError as e:
-    raise MissingStageError(
-        f"--stage={stage} starts from the {prev} stage's best checkpoint, and there is none in "
-        f"{ckpt.checkpoint_dir(workdir, prev, 'best')}: run --stage={prev} first:\n  "
-        f"{_run_hint(prev, workdir)}") from e
-  if prev != "float" and quant is None:
-    raise MissingStageError(f"{ckpt.checkpoint_dir(workdir, prev, 'best')} (step {meta.get('step')}) has no "
-                            f"quant state: it was not written by --stage={prev}; run --stage={prev} again")
-  logging.info("--stage=%s starts from %s step %s", stage, ckpt.checkpoint_dir(workdir, prev, "best"),
-               meta.get("step"))
-  return params, quant
-
-
-def program_dir(workdir) -> str:
-  return os.path.join(os.path.abspath(str(workdir)), "int", PROGRAM_DIR)
-
-
-def load_program(workdir):
-  """The int stage's program, or a MissingStageError saying to run it."""
-  from densetnt_jax.quant import load_program as _load
-  path = program_dir(workdir)
-  if not os.path.isdir(path):
-    raise MissingStageError(f"no integer program in {path}: run --stage=int first:\n  {_run_hint('int', workdir)}")
-  return _load(path)
-
-
-def _fresh_log(stage_dir: str, tensorboard: bool) -> loop._Log:
+def _fresh_log(stage_dir: str, tensorboard: bool) -> loop.MetricsLog:
   """A new metrics.jsonl for a stage that runs in one go (a re-run replaces the old log)."""
   if jax.process_index() == 0 and os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
     os.remove(os.path.join(stage_dir, "metrics.jsonl"))
-  return loop._Log(stage_dir, tensorboard, resume_step=0)
+  return loop.MetricsLog(stage_dir, tensorboard, resume_step=0)
 
 
 def _warn_if_downstream(workdir: str, stage: str) -> None:
@@ -104,7 +63,7 @@ def evaluate_stage(config, make_predict_fn, params, quant=None) -> dict[str, flo
   (trajs, probs)`, data parallel on the mesh as in training."""
   t = config.train
   mesh = loop.make_mesh()
-  val_ds = loop.open_split(config.data, config.data.val_split)
+  val_ds = open_split(config.data, config.data.val_split)
   params = loop.replicate(params, mesh) if params is not None else None
   quant = loop.replicate(quant, mesh) if quant is not None else None
   val = loop.evaluate(make_predict_fn(mesh), params, val_ds, config.eval, t.eval_batch_size, mesh,
@@ -115,11 +74,10 @@ def evaluate_stage(config, make_predict_fn, params, quant=None) -> dict[str, flo
 def _start_one_shot(config: ml_collections.ConfigDict, workdir, stage: str, split: str):
   """The start both one-shot stages share: the previous stage's output, the checked (and saved) config, the
   split it reads, the model. -> (absolute workdir, params, quant, dataset, model)."""
-  from densetnt_jax.model import build_model
   workdir = os.path.abspath(str(workdir))
-  params, quant = load_stage_input(workdir, stage)
+  params, quant = ckpt.load_stage_input(workdir, stage)
   loop.check_batch_sizes(config.train)
-  dataset = loop.open_split(config.data, split)
+  dataset = open_split(config.data, split)
   if jax.process_index() == 0:
     ckpt.save_config(config, workdir)
   return workdir, params, quant, dataset, build_model(config)
@@ -138,8 +96,6 @@ def _evaluate_and_log(config, workdir: str, stage: str, timing: dict, make_predi
 
 def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
   """Calibrates the float best on train batches, saves {workdir}/calibration/best/0, evaluates it (fake-quant)."""
-  from densetnt_jax.quant import calibrate, init_quant_state
-
   workdir, params, _, train_ds, model = _start_one_shot(config, workdir, "calibration", config.data.train_split)
   start = time.perf_counter()
   quant = init_quant_state(model, params, model_inputs(train_ds.make_batch([0])), config.quant)
@@ -147,7 +103,7 @@ def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
   quant = jax.device_get(quant)
   seconds = time.perf_counter() - start
 
-  best_dir = ckpt.checkpoint_dir(workdir, "calibration", "best")
+  best_dir = checkpoint_dir(workdir, "calibration", "best")
   if jax.process_index() == 0 and os.path.isdir(best_dir):
     shutil.rmtree(best_dir)                # calibration is deterministic: a re-run replaces it
   _warn_if_downstream(workdir, "calibration")
@@ -165,8 +121,6 @@ def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
 
 def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
   """Converts the qat best to an integer program ({workdir}/int/program) and evaluates it (interpreter)."""
-  from densetnt_jax.quant import convert
-
   workdir, params, quant, val_ds, model = _start_one_shot(config, workdir, "int", config.data.val_split)
   start = time.perf_counter()
   example = model_inputs(val_ds.make_batch(np.arange(min(len(val_ds), config.train.eval_batch_size))))
@@ -185,8 +139,6 @@ def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
 
 def make_program_predict_fn(program):
   """The integer program as a loop predict function: (params (unused), inputs, quant (unused)) -> (trajs, probs)."""
-  from densetnt_jax.quant import run_program
-
   def fn(params, inputs, quant=None):
     del params, quant
     pred = run_program(program, inputs)

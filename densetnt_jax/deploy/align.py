@@ -15,10 +15,17 @@ import sys
 
 import jax
 import numpy as np
-from densetnt_jax.progress import progress_bar
 
+from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
-from densetnt_jax.eval.metrics import MetricsAccumulator
+from densetnt_jax.deploy import runner
+from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax.model import DenseTNT, build_model
+from densetnt_jax.progress import progress_bar
+from densetnt_jax.quant import codes_by_name, run_program
+from densetnt_jax.train.checkpoint import restore_stage
+from densetnt_jax.train.step import variables
+from densetnt_jax.workdir import MissingStageError, deployed_paths, load_program
 
 BOARD_BATCH = 30        # HAT's align_bpu data pipeline: batch 30, no shuffle
 METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
@@ -40,8 +47,6 @@ class _LayerStats:
 @functools.partial(jax.jit, static_argnames=("model",))
 def _fake_quant_with_codes(params, quant, inputs: dict, *, model):
   """The fake-quant predict and every op's output codes (its `intermediates`); one compile per model."""
-  from densetnt_jax.model import DenseTNT
-  from densetnt_jax.train.step import variables
   pred, state = model.apply(variables(params, quant), inputs, method=DenseTNT.predict, mutable=["intermediates"])
   return pred, state.get("intermediates", {})
 
@@ -56,9 +61,6 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   the interpreter's bit for bit ("artifact": {batches, differing: [field, ...]}). int_onnx: an onnxruntime
   session of the integer ONNX export: its five outputs and per-op codes against the interpreter's
   ("int_onnx": the export's comparison and its failures under config.export)."""
-  from densetnt_jax.model import build_model
-  from densetnt_jax.quant import codes_by_name, run_program
-
   model = build_model(config)
 
   stats: dict[str, _LayerStats] = {}
@@ -111,7 +113,7 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   if artifact is not None:
     result["artifact"] = {"batches": artifact_batches, "differing": sorted(artifact_differs)}
   if int_onnx is not None:
-    from densetnt_jax.deploy import onnx_export
+    from densetnt_jax.deploy import onnx_export     # onnx is optional (the [onnx] extra): only with an export
     # a second pass over the same batches (the loader is cheap) rather than holding the whole split in memory
     batches = (model_inputs(b) for b in itertools.islice(dataset.batches(batch_size), n_batches))
     res = onnx_export.compare_batches(int_onnx, batches, onnx_export.int_reference(program),
@@ -182,9 +184,6 @@ def format_align_table(result: dict, max_rows: int | None = None) -> str:
 def align_workdir(config, workdir, *, num_batches: int = -1, batch_size: int = BOARD_BATCH, split=None,
                   progress: bool = True) -> dict:
   """`align` of a workdir's qat best and int program on its val split."""
-  from densetnt_jax.train.checkpoint import restore_stage
-  from densetnt_jax.train.loop import open_split
-  from densetnt_jax.train.stages import MissingStageError, load_program
   try:
     params, quant, _ = restore_stage(workdir, "qat", "best")
   except FileNotFoundError as e:
@@ -195,25 +194,17 @@ def align_workdir(config, workdir, *, num_batches: int = -1, batch_size: int = B
   artifact = int_onnx = None
   absent = {}
   if os.path.isfile(artifact_path):
-    from densetnt_jax.deploy import runner
     artifact = runner.load(artifact_path)
   else:
     absent["artifact_absent"] = f"no {artifact_path} (bin/compile_perf.py writes it)"
   if os.path.isfile(onnx_path):
-    from densetnt_jax.deploy import onnx_export
+    from densetnt_jax.deploy import onnx_export     # onnx is optional (the [onnx] extra): only with an export
     int_onnx = onnx_export.make_session(onnx_path)
   else:
     absent["int_onnx_absent"] = f"no {onnx_path} (bin/export_onnx.py --stage=int writes it)"
   result = align(config, params, quant, program, dataset, num_batches=num_batches, batch_size=batch_size,
                  progress=progress, artifact=artifact, int_onnx=int_onnx)
   return dict(result, **absent)
-
-
-def deployed_paths(workdir) -> tuple[str, str]:
-  """(compiled artifact, integer ONNX) where bin/compile_perf.py and bin/export_onnx.py write them."""
-  from densetnt_jax.deploy.perf import ARTIFACT_NAME
-  return (os.path.join(str(workdir), "deploy", ARTIFACT_NAME),
-          os.path.join(str(workdir), "export", "densetnt_int.onnx"))
 
 
 def run(config, workdir, *, num_batches: int = -1, batch_size: int = BOARD_BATCH, max_rows: int | None = None,

@@ -1,5 +1,6 @@
 """Mode selection on the host: HAT's goal NMS or DenseTNT's goal-set optimisation; jittable, static shapes,
-batched.
+batched. It imports jax and numpy only: the model's predict, the integer interpreter and the artifact runner
+all end with it.
 
 `selection` (config.postprocess.selection):
   nms  HAT: greedy NMS over the top-k goals by score (2 m), mode probabilities the softmax of the kept scores.
@@ -20,7 +21,7 @@ whole trajectory onto it, linearly in time.
 
 Padding rule: when fewer than `mode_num` goals survive NMS, the missing modes repeat mode 0 (the best goal and
 its trajectory) with probability exactly 0 and `mode_mask` False. Every mode is then a real trajectory, the
-probabilities of the kept modes sum to 1, and a stable sort by descending probability (as eval/metrics.py
+probabilities of the kept modes sum to 1, and a stable sort by descending probability (as metrics.py
 does) keeps the real modes first; a padded copy can never beat mode 0 on displacement, and on a tie the
 first (real) mode wins.
 """

@@ -6,6 +6,9 @@ probabilities; j* = the kept mode with the smallest final displacement (the firs
   brier-minFDE = minFDE + (1 - p_j*)^2, with p_j* the renormalised probability
 Each metric is the unweighted mean over sequences. Keys carry the k (`minFDE_k6`, `minFDE_k1`), so a top-1
 error is never reported as a plain "minFDE".
+
+numpy only, below every stage that scores predictions: training validation, evaluation and the deployment
+comparisons all use this one accumulator.
 """
 from __future__ import annotations
 
