@@ -1,5 +1,9 @@
 """ONNX graph building blocks for `onnx_export`: an emitter over `onnx.helper` that folds constants in numpy,
-the program's glue ops, and the integer kernels of `quant/arith.py` written with ONNX integer ops.
+the integer kernels of `quant/arith.py` written with ONNX integer ops, and the ONNX half of the op table:
+`ONNX_OPS[kind]` (an `OnnxOpDef`) holds each op kind's float, QDQ and integer emitters, whether QDQ quantizes
+its output, and its output's LSB. `onnx_export` walks a program and asks it; `quant/ops.py` (OPS) holds the rest
+of each kind's definition (quant must not import onnx, an optional extra). A new op kind: one OpDef there and
+one OnnxOpDef here (tests/test_op_table.py checks both tables list the same kinds).
 
 `Emitter` methods take tensor names (str) or numpy arrays: when every operand is a numpy array the result is
 computed in numpy (int32 wraps like XLA), so static requant shifts and masks cost no nodes and a Where on a
@@ -595,10 +599,18 @@ def _matmul_int(e, op, xs, in_shapes):
 
 
 def _add_int(e, op, xs, in_shapes):
-  """add and mask_add: (x mx + y my) requantized; mask_add's y is 0 where the mask holds, MASK_NEG_Q else."""
+  """arith.add: (x mx + y my) requantized."""
+  return _requant_sum(e, op, xs[0], xs[1])
+
+
+def _mask_add_int(e, op, xs, in_shapes):
+  """arith.mask_add: y is 0 where the mask holds, MASK_NEG_Q elsewhere."""
+  return _requant_sum(e, op, xs[0], e.where(xs[1], i32(0), i32(A.MASK_NEG_Q)))
+
+
+def _requant_sum(e, op, x, y):
   c = op.consts
-  y = xs[1] if op.kind == "add" else e.where(xs[1], i32(0), i32(A.MASK_NEG_Q))
-  return requantize(e, e.add(e.mul(xs[0], i32(c["mx"])), e.mul(y, i32(c["my"]))), c, "", op.bits)
+  return requantize(e, e.add(e.mul(x, i32(c["mx"])), e.mul(y, i32(c["my"]))), c, "", op.bits)
 
 
 def _concat_int(e, op, xs, in_shapes):
@@ -747,7 +759,7 @@ _TABLE = (
     OnnxOpDef("mask_add",
               lambda e, op, xs, sh, ctx: e.node("Add", [xs[0], e.where(xs[1], np.float32(0),
                                                                      np.float32(A.MASK_NEG_Q))]),
-              _add_int, point=True),
+              _mask_add_int, point=True),
     OnnxOpDef("concat", lambda e, op, xs, sh, ctx: e.node("Concat", xs, axis=int(op.attrs["axis"])), _concat_int,
               point=True),
     OnnxOpDef("dense_grid", _dense_grid_float,
