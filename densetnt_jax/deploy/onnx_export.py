@@ -24,7 +24,6 @@ and mode selection stay on the host: `finish(outputs, settings)` runs the model'
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -38,16 +37,15 @@ import onnx
 from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import onnx_ops as ops
-from densetnt_jax.deploy.onnx_ops import Emitter, i32
+from densetnt_jax.deploy.onnx_ops import Emitter
 from densetnt_jax.metrics import MetricsAccumulator
 from densetnt_jax.model import build_model
-from densetnt_jax.model.primitives import SMALL_K
 from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import calibration
 from densetnt_jax.quant import convert, init_quant_state, run_program
 from densetnt_jax.quant.interpreter import finish_kernel, run_host_part
-from densetnt_jax.quant.program import GLUE, Program
+from densetnt_jax.quant.program import Program
 from densetnt_jax.quant.qtensor import raw
 from densetnt_jax.train.checkpoint import restore_stage
 from densetnt_jax.workdir import load_program
@@ -55,22 +53,15 @@ from densetnt_jax.workdir import load_program
 OUTPUT_ROLES = ("goal_logprobs_BxG", "topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
 LOGPROB_ROLES = ("goal_logprobs_BxG", "topk_logprobs_BxN")    # float epilogue (config.target.host_ops)
 TOPK_ROLES = ("topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
-POINT_KINDS = ("quantize", "dense", "layernorm", "matmul", "softmax", "add", "mask_add", "concat")
+POINT_KINDS = ops.POINT_KINDS      # the kinds QDQ quantizes the output of
 STAGES = ("float", "qat", "int")
 DEFAULT_OPSET = 21          # int16 QuantizeLinear / DequantizeLinear
-F32_MIN = np.float32(np.finfo(np.float32).min)
 
 
 def _opset(config) -> int:
   if config is None or "export" not in config:
     return DEFAULT_OPSET
   return int(config.export.get("opset", DEFAULT_OPSET))
-
-
-def _at(tree, name: str):
-  for k in name.split("@", 1)[0].split("/"):    # a call_tag suffix names a second call of the same module
-    tree = tree[k]
-  return tree
 
 
 def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: str,
@@ -115,136 +106,21 @@ def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: 
   return e.model(inputs, outputs, opset=opset, name=name, doc=doc)
 
 
-# ------------------------------------------------------------------------------------------- float ops
-def _float_dense(e: Emitter, x, kernel, bias):
-  """primitives.dense: x @ kernel + bias; K <= SMALL_K as the float form's broadcast multiply-adds."""
-  k = kernel.shape[0]
-  if k <= SMALL_K:
-    y = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
-    for i in range(k):
-      xi = e.node("Slice", [x, np.asarray([i], np.int64), np.asarray([i + 1], np.int64), np.asarray([-1], np.int64)])
-      y = e.node("Add", [y, e.node("Mul", [xi, kernel[i]])])
-    return y
-  y = e.node("MatMul", [x, kernel])
-  return y if bias is None else e.node("Add", [y, bias])
+# ------------------------------------------------------------------------------------------- the three forms
+def _float_op(e: Emitter, op, xs, in_shapes, ctx: ops.QuantCtx):
+  """One program op in float (the float params by op name), as its kind's entry in `onnx_ops.ONNX_OPS` emits it."""
+  return ops.onnx_op(op, "float").float(e, op, xs, in_shapes, ctx)
 
 
-def _float_layernorm(e: Emitter, x, scale, bias, eps: float):
-  """primitives.layernorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * scale + bias."""
-  mean = e.reduce("ReduceMean", x, -1)
-  c = e.node("Sub", [x, mean])
-  var = e.reduce("ReduceMean", e.node("Mul", [c, c]), -1)
-  rstd = e.node("Reciprocal", [e.node("Sqrt", [e.node("Add", [var, np.float32(eps)])])])
-  return e.node("Add", [e.node("Mul", [e.node("Mul", [c, rstd]), scale]), bias])
+def _qdq_op(e: Emitter, op, xs, in_shapes, ctx: ops.QuantCtx):
+  """One program op in QDQ: its float form with QuantizeLinear -> DequantizeLinear at quantization points, int8
+  weights (`OnnxOpDef.emit_qdq`); glue and the grid ops on the codes behind a DequantizeLinear (ctx.codes)."""
+  return ops.onnx_op(op, "qdq").emit_qdq(e, op, xs, in_shapes, ctx)
 
 
-def _masked_max(e: Emitter, x, mask_xV, low):
-  """Max over axis -2 where mask (the vector mask, broadcast over channels); all-masked rows give 0."""
-  m = e.unsqueeze(mask_xV, [-1])
-  pooled = e.reduce("ReduceMax", e.where(m, x, low), -2, keepdims=False)
-  anyv = e.cast(e.reduce("ReduceMax", e.cast(m, np.int32), -2, keepdims=False), bool)
-  return e.where(anyv, pooled, np.zeros((), np.asarray(low).dtype))
-
-
-def _float_softmax(e: Emitter, x):
-  ex = e.node("Exp", [e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])])
-  return e.node("Div", [ex, e.reduce("ReduceSum", ex, -1)])
-
-
-def _float_op(e: Emitter, op, xs, in_shapes, params, qdq: dict | None = None):
-  """One program op in float (qdq: {tensor: scale} of the inputs, weights as int8 + DequantizeLinear)."""
-  k, a = op.kind, op.attrs
-  if k in GLUE and k != "top_k":
-    return ops.glue(e, k, a, xs, in_shapes, op.shape)
-  if k == "top_k":
-    return ops.top_k(e, xs[0], xs[1], a["k"], np.float32(-np.inf), out=e.fresh("top_k"))
-  if k in ("quantize", "masked_fill"):
-    return e.where(xs[1], xs[0], np.float32(0))
-  if k == "dense":
-    p = _at(params, op.name)
-    kernel = np.asarray(p["kernel"], np.float32)
-    bias = None if p.get("bias") is None else np.asarray(p["bias"], np.float32)
-    if qdq is None:
-      return _float_dense(e, xs[0], kernel, bias)
-    s_w = np.asarray(A.weight_scale_per_channel(kernel, 8), np.float32)
-    s_acc = (np.float32(qdq[op.inputs[0]]) * s_w).astype(np.float32)
-    w = e.node("DequantizeLinear", [op.consts["w_q"].astype(np.int8), s_w, np.zeros(s_w.shape, np.int8)], axis=1)
-    b = e.node("DequantizeLinear", [op.consts["b_q"].astype(np.int32), s_acc, np.zeros(s_acc.shape, np.int32)],
-               axis=0)
-    return e.node("Add", [e.node("MatMul", [xs[0], w]), b])
-  if k == "layernorm":
-    p = _at(params, op.name)
-    return _float_layernorm(e, xs[0], np.asarray(p["scale"], np.float32), np.asarray(p["bias"], np.float32),
-                            a.get("eps", 1e-5))
-  if k == "relu":
-    return e.node("Relu", [xs[0]])
-  if k == "masked_max":
-    return _masked_max(e, xs[0], xs[1], F32_MIN)
-  if k == "matmul":
-    b = e.transpose_last2(xs[1], len(in_shapes[1])) if a["transpose_b"] else xs[1]
-    y = e.node("MatMul", [xs[0], b])
-    return y if a["alpha"] == 1.0 else e.node("Mul", [y, np.float32(a["alpha"])])
-  if k == "softmax":
-    return _float_softmax(e, xs[0])
-  if k == "log_softmax":
-    return _log_softmax(e, xs[0])
-  if k == "add":
-    return e.node("Add", xs)
-  if k == "mask_add":
-    return e.node("Add", [xs[0], e.where(xs[1], np.float32(0), np.float32(A.MASK_NEG_Q))])
-  if k == "concat":
-    return e.node("Concat", xs, axis=int(a["axis"]))
-  if k == "dense_grid":
-    lat = ops.float_lattice(e, xs[0], a["spacing"])
-    return ops.grid_points(e, lat, a["radius"], np.float32(a["spacing"]))
-  if k == "dense_grid_mask":
-    lat = ops.float_lattice(e, xs[0], a["spacing"])
-    return ops.lattice_first(e, lat, xs[1], a["radius"], in_shapes[0][-2], np.float32)
-  raise ValueError(f"float export: unknown op kind {k!r} ({op.name})")
-
-
-def _qdq_op(e: Emitter, op, xs, in_shapes, params, scales: dict, codes: dict):
-  """Float op, then QuantizeLinear -> DequantizeLinear at quantization points. Glue on a dequantized code
-  tensor runs on the codes and is dequantized again (DQ -> Transpose chains tripped onnxruntime's QDQ
-  propagation into an int8/uint8 type error); `codes` maps a DQ output to its (codes, scale, zero point)."""
-  if op.kind in GLUE and op.kind != "top_k" and xs[0] in codes:
-    q, s, zp = codes[xs[0]]
-    qs = [codes[x][0] if x in codes else x for x in xs]      # a code concatenation joins codes of one scale
-    qy = ops.glue(e, op.kind, op.attrs, qs, in_shapes, op.shape)
-    y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
-    codes[y] = (qy, s, zp)
-    return y
-  if op.kind in ("dense_grid", "dense_grid_mask"):         # integer lattice arithmetic on the seeds' codes
-    q, s, zp = codes[xs[0]]
-    y = _int_op(e, op, [e.cast(q, np.int32)] + xs[1:], in_shapes)
-    if op.kind == "dense_grid_mask":
-      return y
-    qy = e.cast(y, ops.CODE_DTYPE[op.bits])
-    y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
-    codes[y] = (qy, s, zp)
-    return y
-  if op.kind == "matmul" and op.attrs["transpose_b"] and xs[1] in codes:
-    q, s, zp = codes[xs[1]]
-    xs = [xs[0], e.node("DequantizeLinear", [e.transpose_last2(q, len(in_shapes[1])), s, zp], hint="dq")]
-    op = _with_attrs(op, transpose_b=False)
-  y = _float_op(e, op, xs, in_shapes, params, qdq=scales)
-  if op.kind not in POINT_KINDS:
-    return y
-  s, zp = np.float32(op.scale), np.zeros((), ops.CODE_DTYPE[op.bits])
-  q = e.node("QuantizeLinear", [y, s, zp], hint="q")
-  y = e.node("DequantizeLinear", [q, s, zp], hint="dq")
-  codes[y] = (q, s, zp)
-  return y
-
-
-def _with_attrs(op, **attrs):
-  return dataclasses.replace(op, attrs={**op.attrs, **attrs})
-
-
-def _log_softmax(e: Emitter, x):
-  """jax.nn.log_softmax's steps: shifted = x - max, shifted - log(sum(exp(shifted)))."""
-  shifted = e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])
-  return e.node("Sub", [shifted, e.node("Log", [e.reduce("ReduceSum", e.node("Exp", [shifted]), -1)])])
+def _int_op(e: Emitter, op, xs, in_shapes):
+  """One program op on int32 codes, as interpreter._kernel runs it with arith."""
+  return ops.onnx_op(op, "int").int(e, op, xs, in_shapes)
 
 
 def _float_out(e, op, t):
@@ -259,7 +135,7 @@ def export_float(model, params, example_inputs: dict, config) -> onnx.ModelProto
   """The float model's predict (up to the five program outputs) as ONNX, float params as initializers. The op
   list is recorded as `convert` records it, with a fresh quant state (its scales are not used)."""
   program = _record(model, params, init_quant_state(model, params, example_inputs, config.quant), example_inputs)
-  return _build(program, functools.partial(_float_op, params=params), _float_out, opset=_opset(config),
+  return _build(program, functools.partial(_float_op, ctx=ops.QuantCtx(params)), _float_out, opset=_opset(config),
                 name="densetnt_float", doc="DenseTNT float predict up to the top-k goals; NMS on the host")
 
 
@@ -271,64 +147,14 @@ def export_qdq(model, params, quant: dict, example_inputs: dict, config, program
   program = program or _record(model, params, quant, example_inputs)
   scales = {o.name: o.scale for o in program.ops if o.scale is not None}
   opset = _opset(config)
-  if opset < 21 and any(o.bits == 16 for o in program.ops if o.kind in POINT_KINDS):
+  if opset < 21 and any(o.bits == 16 for o in program.ops if ops.onnx_op(o, "qdq").point):
     raise ValueError(f"export_qdq: int16 QuantizeLinear needs opset >= 21; config.export.opset is {opset}")
-  return _build(program, functools.partial(_qdq_op, params=params, scales=scales, codes={}), _float_out, opset=opset,
+  return _build(program, functools.partial(_qdq_op, ctx=ops.QuantCtx(params, scales)), _float_out, opset=opset,
                 name="densetnt_qdq", doc="DenseTNT fake-quant predict as QDQ (int8/int16 activations, int8 "
                 "per-channel weights) up to the top-k goals; NMS on the host")
 
 
-# ------------------------------------------------------------------------------------------- int ops
-def _int_op(e: Emitter, op, xs, in_shapes):
-  """One program op on int32 codes, as interpreter._kernel runs it with arith."""
-  k, a, c = op.kind, op.attrs, op.consts
-  if k in GLUE and k != "top_k":
-    return ops.glue(e, k, a, xs, in_shapes, op.shape)
-  if k == "top_k":
-    return ops.top_k(e, xs[0], xs[1], a["k"], i32(A.INT32_MIN), out=e.fresh("top_k"))
-  if k == "quantize":
-    qmin, qmax = A.qrange(op.bits)
-    inv = np.float32(1.0) / np.float32(c["scale"])                 # arith.reciprocal: correctly rounded
-    v = e.node("Mul", [e.where(xs[1], xs[0], np.float32(0)), inv])
-    f = e.node("Floor", [v])
-    q = e.node("Add", [f, e.cast(e.ge(e.node("Sub", [v, f]), np.float32(0.5)), np.float32)])
-    return e.cast(e.clip(q, qmin, qmax, np.float32), np.int32)
-  if k == "dense":
-    acc = e.add(ops.int_matmul(e, xs[0], a["in_bits"][0], c["w_q"].astype(np.int8), 8), i32(c["b_q"]))
-    return ops.requantize(e, acc, c, "", op.bits)
-  if k == "layernorm":
-    return ops.layernorm(e, xs[0], c, op.bits, op.shape[-1])
-  if k == "relu":
-    return e.maximum(xs[0], i32(0))
-  if k == "masked_max":
-    return _masked_max(e, xs[0], xs[1], i32(A.INT32_MIN))
-  if k == "masked_fill":
-    return e.where(xs[1], xs[0], i32(0))
-  if k == "matmul":
-    ba, bb = a["in_bits"]
-    ka, kb = A.matmul_pre_shifts(a["k"], ba, bb)
-    x, y = ops.rshift_round(e, xs[0], i32(ka)), ops.rshift_round(e, xs[1], i32(kb))
-    if a["transpose_b"]:
-      y = e.transpose_last2(y, len(in_shapes[1]))
-    return ops.requantize(e, ops.int_matmul(e, x, ba, y, bb), c, "", op.bits)
-  if k == "softmax":
-    return ops.softmax(e, xs[0], c, op.bits)
-  if k in ("add", "mask_add"):
-    y = xs[1] if k == "add" else e.where(xs[1], i32(0), i32(A.MASK_NEG_Q))
-    return ops.requantize(e, e.add(e.mul(xs[0], i32(c["mx"])), e.mul(y, i32(c["my"]))), c, "", op.bits)
-  if k == "concat":
-    parts = [ops.requantize(e, x, c, f"{i}_", op.bits) for i, x in enumerate(xs)]
-    return e.node("Concat", parts, axis=int(a["axis"]))
-  if k == "dense_grid":
-    return ops.int_dense_grid(e, xs[0], c["step"], a["radius"], op.bits)
-  if k == "dense_grid_mask":
-    return ops.int_dense_grid_mask(e, xs[0], xs[1], c["step"], a["radius"], a["in_bits"][0], in_shapes[0][-2])
-  if k == "log_softmax":
-    x = e.node("Mul", [e.cast(xs[0], np.float32), np.float32(c["in_scale"])])
-    return _log_softmax(e, x)
-  raise ValueError(f"int export: unknown op kind {k!r} ({op.name})")
-
-
+# ------------------------------------------------------------------------------------------- int graph
 def _int_out(e, op, t):
   if op.bits:
     return e.node("Mul", [e.cast(t, np.float32), np.float32(op.consts["scale"])]), np.float32
@@ -479,18 +305,17 @@ def _ordered(x: np.ndarray) -> np.ndarray:
 
 
 def output_scales(program: Program) -> dict:
-  """LSB of each output for the QDQ bar: the dequantized outputs' scales; the log-probs in the goal scores'."""
-  out = {}
-  for role in OUTPUT_ROLES:
-    op = program.op(program.outputs[role])
+  """LSB of each output for the QDQ bar: the dequantized outputs' scales; a float output's from its kind's
+  `OnnxOpDef.lsb` (the log-probs: the goal scores' scale, also through the top-k gather)."""
+  def lsb(name: str):
+    if name in program.inputs:
+      return None
+    op = program.op(name)
     if op.bits:
-      out[role] = float(op.consts["scale"])
-    elif op.kind == "log_softmax":
-      out[role] = float(op.consts["in_scale"])
-  lp = program.op(program.outputs["topk_logprobs_BxN"])
-  if "goal_logprobs_BxG" in out and lp.kind == "take_along_axis":
-    out["topk_logprobs_BxN"] = out["goal_logprobs_BxG"]
-  return out
+      return float(op.consts["scale"])
+    d = ops.onnx_op(op, "qdq")
+    return None if d.lsb is None else d.lsb(op, lsb)
+  return {role: s for role in OUTPUT_ROLES if (s := lsb(program.outputs[role])) is not None}
 
 
 METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")

@@ -1,5 +1,9 @@
 """ONNX graph building blocks for `onnx_export`: an emitter over `onnx.helper` that folds constants in numpy,
-the program's glue ops, and the integer kernels of `quant/arith.py` written with ONNX integer ops.
+the integer kernels of `quant/arith.py` written with ONNX integer ops, and the ONNX half of the op table:
+`ONNX_OPS[kind]` (an `OnnxOpDef`) holds each op kind's float, QDQ and integer emitters, whether QDQ quantizes
+its output, and its output's LSB. `onnx_export` walks a program and asks it; `quant/ops.py` (OPS) holds the rest
+of each kind's definition (quant must not import onnx, an optional extra). A new op kind: one OpDef there and
+one OnnxOpDef here (tests/test_op_table.py checks both tables list the same kinds).
 
 `Emitter` methods take tensor names (str) or numpy arrays: when every operand is a numpy array the result is
 computed in numpy (int32 wraps like XLA), so static requant shifts and masks cost no nodes and a Where on a
@@ -13,10 +17,14 @@ as ReduceSum(v >= 2^j), the exp / reciprocal / rsqrt tables by Gather, int8 x in
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from densetnt_jax.model.primitives import SMALL_K
 from densetnt_jax.quant import arith as A
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -249,41 +257,6 @@ def index(e: Emitter, x: str, idx: tuple, ndim: int) -> str:
   return y if y != x else e.node("Identity", [x])
 
 
-def glue(e: Emitter, kind: str, attrs: dict, xs: list, in_shapes: list, out_shape: tuple) -> str:
-  """One glue op of the program (reshape, broadcast_to, index, concatenate, tile, moveaxis, take_along_axis)
-  on any element type; the batch axis is 0 everywhere and stays symbolic."""
-  x = xs[0]
-  nd = len(in_shapes[0])
-  if kind == "reshape":
-    return e.node("Reshape", [x, np.asarray([0] + list(attrs["shape"][1:]), np.int64)])
-  if kind == "broadcast_to":
-    return e.node("Expand", [x, np.asarray([1] + list(attrs["shape"][1:]), np.int64)])
-  if kind == "index":
-    return index(e, x, attrs["index"], nd)
-  if kind == "concatenate":
-    return e.node("Concat", xs, axis=int(attrs["axis"]))
-  if kind == "tile":
-    return e.node("Tile", [x, np.asarray(attrs["reps"], np.int64)])
-  if kind == "moveaxis":
-    order = list(range(nd))
-    s, d = attrs["source"] % nd, attrs["destination"] % nd
-    order.pop(s)
-    order.insert(d, s)
-    return e.node("Transpose", [x], perm=order)
-  if kind == "take_along_axis":
-    axis = attrs["axis"] % nd
-    target = [1] + list(out_shape[1:])
-    idx = xs[1]
-    if list(in_shapes[1][1:]) != target[1:]:
-      idx = e.node("Expand", [idx, np.asarray(target, np.int64)])
-    x_target = list(target)
-    x_target[axis] = in_shapes[0][axis]
-    if list(in_shapes[0][1:]) != x_target[1:]:
-      x = e.node("Expand", [x, np.asarray(x_target, np.int64)])
-    return e.node("GatherElements", [x, idx], axis=axis)
-  raise ValueError(f"unknown glue op {kind!r}")
-
-
 def top_k(e: Emitter, x: str, mask: str, k: int, low, out: str) -> str:
   """Indices (int32) of the k largest entries of the last axis where mask; masked ones last (`low` fill),
   ties to the lower index (ONNX TopK, as lax.top_k)."""
@@ -477,3 +450,342 @@ def int_dense_grid_mask(e: Emitter, x, seed_valid, step, radius: int, bits: int,
                                                              e.node("LessOrEqual", [pts, i32(qmax)])]),
                                                np.int32), -1, keepdims=False), bool)
   return e.node("And", [lattice_first(e, lat, seed_valid, radius, m), inside])
+
+
+# ------------------------------------------------------------------------------------------- float forms
+F32_MIN = np.float32(np.finfo(np.float32).min)
+
+
+@dataclasses.dataclass
+class QuantCtx:
+  """What the float and QDQ emitters read beside the op: the float params (by op name), and for QDQ the
+  activation scales of the program's tensors and the code tensors behind each DequantizeLinear output
+  ({DQ output: (codes, scale, zero point)}, filled as the graph is emitted)."""
+  params: Any
+  scales: dict | None = None            # None: the float model (float weights); a dict: QDQ (int8 weights)
+  codes: dict = dataclasses.field(default_factory=dict)
+
+
+def param_at(tree, name: str):
+  """The params of op `name` (its module path; a call_tag suffix "@..." names a second call of one module)."""
+  for k in name.split("@", 1)[0].split("/"):
+    tree = tree[k]
+  return tree
+
+
+def float_dense(e: Emitter, x, kernel, bias):
+  """primitives.dense: x @ kernel + bias; K <= SMALL_K as the float form's broadcast multiply-adds."""
+  k = kernel.shape[0]
+  if k <= SMALL_K:
+    y = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
+    for i in range(k):
+      xi = e.node("Slice", [x, np.asarray([i], np.int64), np.asarray([i + 1], np.int64), np.asarray([-1], np.int64)])
+      y = e.node("Add", [y, e.node("Mul", [xi, kernel[i]])])
+    return y
+  y = e.node("MatMul", [x, kernel])
+  return y if bias is None else e.node("Add", [y, bias])
+
+
+def float_layernorm(e: Emitter, x, scale, bias, eps: float):
+  """primitives.layernorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * scale + bias."""
+  mean = e.reduce("ReduceMean", x, -1)
+  c = e.node("Sub", [x, mean])
+  var = e.reduce("ReduceMean", e.node("Mul", [c, c]), -1)
+  rstd = e.node("Reciprocal", [e.node("Sqrt", [e.node("Add", [var, np.float32(eps)])])])
+  return e.node("Add", [e.node("Mul", [e.node("Mul", [c, rstd]), scale]), bias])
+
+
+def masked_max(e: Emitter, x, mask_xV, low):
+  """Max over axis -2 where mask (the vector mask, broadcast over channels); all-masked rows give 0."""
+  m = e.unsqueeze(mask_xV, [-1])
+  pooled = e.reduce("ReduceMax", e.where(m, x, low), -2, keepdims=False)
+  anyv = e.cast(e.reduce("ReduceMax", e.cast(m, np.int32), -2, keepdims=False), bool)
+  return e.where(anyv, pooled, np.zeros((), np.asarray(low).dtype))
+
+
+def float_softmax(e: Emitter, x):
+  ex = e.node("Exp", [e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])])
+  return e.node("Div", [ex, e.reduce("ReduceSum", ex, -1)])
+
+
+def log_softmax(e: Emitter, x):
+  """jax.nn.log_softmax's steps: shifted = x - max, shifted - log(sum(exp(shifted)))."""
+  shifted = e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])
+  return e.node("Sub", [shifted, e.node("Log", [e.reduce("ReduceSum", e.node("Exp", [shifted]), -1)])])
+
+
+def qdq_point(e: Emitter, op, y, ctx: QuantCtx):
+  """QuantizeLinear -> DequantizeLinear of a quantization point's float output at its scale and width."""
+  s, zp = np.float32(op.scale), np.zeros((), CODE_DTYPE[op.bits])
+  q = e.node("QuantizeLinear", [y, s, zp], hint="q")
+  y = e.node("DequantizeLinear", [q, s, zp], hint="dq")
+  ctx.codes[y] = (q, s, zp)
+  return y
+
+
+# ----------------------------------------------------------------------------- the op table: per-kind emitters
+# Emitters take (e, op, xs, in_shapes[, ctx]): the program op, its inputs' tensors and shapes (batch None).
+def _where_float(e, op, xs, in_shapes, ctx):
+  """quantize (float forms) and masked_fill: x where mask, else 0."""
+  return e.where(xs[1], xs[0], np.float32(0))
+
+
+def _where_int(e, op, xs, in_shapes):
+  return e.where(xs[1], xs[0], i32(0))
+
+
+def _quantize_int(e, op, xs, in_shapes):
+  """arith.quantize: round half up of x / scale (times the correctly rounded reciprocal), saturated."""
+  qmin, qmax = A.qrange(op.bits)
+  inv = np.float32(1.0) / np.float32(op.consts["scale"])          # arith.reciprocal: correctly rounded
+  v = e.node("Mul", [e.where(xs[1], xs[0], np.float32(0)), inv])
+  f = e.node("Floor", [v])
+  q = e.node("Add", [f, e.cast(e.ge(e.node("Sub", [v, f]), np.float32(0.5)), np.float32)])
+  return e.cast(e.clip(q, qmin, qmax, np.float32), np.int32)
+
+
+def _dense_float(e, op, xs, in_shapes, ctx):
+  """The float dense; QDQ: int8 per-channel weights (DequantizeLinear axis=1), int32 bias on the s_x s_w grid."""
+  p = param_at(ctx.params, op.name)
+  kernel = np.asarray(p["kernel"], np.float32)
+  bias = None if p.get("bias") is None else np.asarray(p["bias"], np.float32)
+  if ctx.scales is None:
+    return float_dense(e, xs[0], kernel, bias)
+  s_w = np.asarray(A.weight_scale_per_channel(kernel, 8), np.float32)
+  s_acc = (np.float32(ctx.scales[op.inputs[0]]) * s_w).astype(np.float32)
+  w = e.node("DequantizeLinear", [op.consts["w_q"].astype(np.int8), s_w, np.zeros(s_w.shape, np.int8)], axis=1)
+  b = e.node("DequantizeLinear", [op.consts["b_q"].astype(np.int32), s_acc, np.zeros(s_acc.shape, np.int32)],
+             axis=0)
+  return e.node("Add", [e.node("MatMul", [xs[0], w]), b])
+
+
+def _dense_int(e, op, xs, in_shapes):
+  c = op.consts
+  acc = e.add(int_matmul(e, xs[0], op.attrs["in_bits"][0], c["w_q"].astype(np.int8), 8), i32(c["b_q"]))
+  return requantize(e, acc, c, "", op.bits)
+
+
+def _layernorm_float(e, op, xs, in_shapes, ctx):
+  p = param_at(ctx.params, op.name)
+  return float_layernorm(e, xs[0], np.asarray(p["scale"], np.float32), np.asarray(p["bias"], np.float32),
+                         op.attrs.get("eps", 1e-5))
+
+
+def _matmul_float(e, op, xs, in_shapes, ctx):
+  a = op.attrs
+  b = e.transpose_last2(xs[1], len(in_shapes[1])) if a["transpose_b"] else xs[1]
+  y = e.node("MatMul", [xs[0], b])
+  return y if a["alpha"] == 1.0 else e.node("Mul", [y, np.float32(a["alpha"])])
+
+
+def _matmul_qdq(e, op, xs, in_shapes, ctx):
+  """A transposed operand held as codes is transposed as codes, then dequantized (DQ -> Transpose chains
+  tripped onnxruntime's QDQ propagation into an int8/uint8 type error)."""
+  if op.attrs["transpose_b"] and xs[1] in ctx.codes:
+    q, s, zp = ctx.codes[xs[1]]
+    xs = [xs[0], e.node("DequantizeLinear", [e.transpose_last2(q, len(in_shapes[1])), s, zp], hint="dq")]
+    op = dataclasses.replace(op, attrs={**op.attrs, "transpose_b": False})
+  return qdq_point(e, op, _matmul_float(e, op, xs, in_shapes, ctx), ctx)
+
+
+def _matmul_int(e, op, xs, in_shapes):
+  a = op.attrs
+  ba, bb = a["in_bits"]
+  ka, kb = A.matmul_pre_shifts(a["k"], ba, bb)
+  x, y = rshift_round(e, xs[0], i32(ka)), rshift_round(e, xs[1], i32(kb))
+  if a["transpose_b"]:
+    y = e.transpose_last2(y, len(in_shapes[1]))
+  return requantize(e, int_matmul(e, x, ba, y, bb), op.consts, "", op.bits)
+
+
+def _add_int(e, op, xs, in_shapes):
+  """arith.add: (x mx + y my) requantized."""
+  return _requant_sum(e, op, xs[0], xs[1])
+
+
+def _mask_add_int(e, op, xs, in_shapes):
+  """arith.mask_add: y is 0 where the mask holds, MASK_NEG_Q elsewhere."""
+  return _requant_sum(e, op, xs[0], e.where(xs[1], i32(0), i32(A.MASK_NEG_Q)))
+
+
+def _requant_sum(e, op, x, y):
+  c = op.consts
+  return requantize(e, e.add(e.mul(x, i32(c["mx"])), e.mul(y, i32(c["my"]))), c, "", op.bits)
+
+
+def _concat_int(e, op, xs, in_shapes):
+  parts = [requantize(e, x, op.consts, f"{i}_", op.bits) for i, x in enumerate(xs)]
+  return e.node("Concat", parts, axis=int(op.attrs["axis"]))
+
+
+def _dense_grid_float(e, op, xs, in_shapes, ctx):
+  lat = float_lattice(e, xs[0], op.attrs["spacing"])
+  return grid_points(e, lat, op.attrs["radius"], np.float32(op.attrs["spacing"]))
+
+
+def _dense_grid_mask_float(e, op, xs, in_shapes, ctx):
+  lat = float_lattice(e, xs[0], op.attrs["spacing"])
+  return lattice_first(e, lat, xs[1], op.attrs["radius"], in_shapes[0][-2], np.float32)
+
+
+def _grid_qdq(codes_out: bool):
+  """A grid op in QDQ: the integer lattice arithmetic on the seeds' codes; its points (codes_out) dequantized
+  again at the seeds' scale, its mask as it is."""
+  def emit(e, op, xs, in_shapes, ctx):
+    q, s, zp = ctx.codes[xs[0]]
+    y = ONNX_OPS[op.kind].int(e, op, [e.cast(q, np.int32)] + xs[1:], in_shapes)
+    if not codes_out:
+      return y
+    qy = e.cast(y, CODE_DTYPE[op.bits])
+    y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
+    ctx.codes[y] = (qy, s, zp)
+    return y
+  return emit
+
+
+def _log_softmax_int(e, op, xs, in_shapes):
+  return log_softmax(e, e.node("Mul", [e.cast(xs[0], np.float32), np.float32(op.consts["in_scale"])]))
+
+
+def _in_scale(op, lsb_of_input):
+  return float(op.consts["in_scale"])
+
+
+def _first_input_lsb(op, lsb_of_input):
+  return lsb_of_input(op.inputs[0])
+
+
+# ---------------------------------------------------------------------------- glue: any element type, B symbolic
+def _reshape(e, op, xs, in_shapes):
+  return e.node("Reshape", [xs[0], np.asarray([0] + list(op.attrs["shape"][1:]), np.int64)])
+
+
+def _broadcast_to(e, op, xs, in_shapes):
+  return e.node("Expand", [xs[0], np.asarray([1] + list(op.attrs["shape"][1:]), np.int64)])
+
+
+def _index(e, op, xs, in_shapes):
+  return index(e, xs[0], op.attrs["index"], len(in_shapes[0]))
+
+
+def _concatenate(e, op, xs, in_shapes):
+  return e.node("Concat", xs, axis=int(op.attrs["axis"]))
+
+
+def _tile(e, op, xs, in_shapes):
+  return e.node("Tile", [xs[0], np.asarray(op.attrs["reps"], np.int64)])
+
+
+def _moveaxis(e, op, xs, in_shapes):
+  nd = len(in_shapes[0])
+  order = list(range(nd))
+  s, d = op.attrs["source"] % nd, op.attrs["destination"] % nd
+  order.pop(s)
+  order.insert(d, s)
+  return e.node("Transpose", [xs[0]], perm=order)
+
+
+def _take_along_axis(e, op, xs, in_shapes):
+  x, nd = xs[0], len(in_shapes[0])
+  axis = op.attrs["axis"] % nd
+  target = [1] + list(op.shape[1:])
+  idx = xs[1]
+  if list(in_shapes[1][1:]) != target[1:]:
+    idx = e.node("Expand", [idx, np.asarray(target, np.int64)])
+  x_target = list(target)
+  x_target[axis] = in_shapes[0][axis]
+  if list(in_shapes[0][1:]) != x_target[1:]:
+    x = e.node("Expand", [x, np.asarray(x_target, np.int64)])
+  return e.node("GatherElements", [x, idx], axis=axis)
+
+
+def _glue_qdq(layout):
+  """A layout op in QDQ: on a dequantized code tensor it moves the codes and dequantizes again (DQ -> Transpose
+  chains tripped onnxruntime's QDQ propagation); a code concatenation joins codes of one scale. Else float."""
+  def emit(e, op, xs, in_shapes, ctx):
+    if xs[0] not in ctx.codes:
+      return layout(e, op, xs, in_shapes)
+    q, s, zp = ctx.codes[xs[0]]
+    qy = layout(e, op, [ctx.codes[x][0] if x in ctx.codes else x for x in xs], in_shapes)
+    y = e.node("DequantizeLinear", [qy, s, zp], hint="dq")
+    ctx.codes[y] = (qy, s, zp)
+    return y
+  return emit
+
+
+def _top_k_float(e, op, xs, in_shapes, ctx):
+  return top_k(e, xs[0], xs[1], op.attrs["k"], np.float32(-np.inf), out=e.fresh("top_k"))
+
+
+def _top_k_int(e, op, xs, in_shapes):
+  return top_k(e, xs[0], xs[1], op.attrs["k"], i32(A.INT32_MIN), out=e.fresh("top_k"))
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxOpDef:
+  """The ONNX forms of one op kind (`quant.ops.OPS` holds the rest of its definition)."""
+  kind: str
+  float: Callable                       # (e, op, xs, in_shapes, ctx) -> tensor: the float model's op
+  int: Callable                         # (e, op, xs, in_shapes) -> tensor on int32 codes, as the kernel
+  qdq: Callable | None = None           # (e, op, xs, in_shapes, ctx): QDQ form; None: float, then Q/DQ at a point
+  point: bool = False                   # a quantization point: QDQ quantizes its output at op.scale
+  lsb: Callable | None = None           # (op, lsb_of_input) -> the LSB of a float output (the QDQ bar's unit)
+
+  def emit_qdq(self, e: Emitter, op, xs, in_shapes, ctx: QuantCtx):
+    if self.qdq is not None:
+      return self.qdq(e, op, xs, in_shapes, ctx)
+    y = self.float(e, op, xs, in_shapes, ctx)
+    return qdq_point(e, op, y, ctx) if self.point else y
+
+
+def _layout(kind: str, emit: Callable, **kw) -> OnnxOpDef:
+  return OnnxOpDef(kind, lambda e, op, xs, sh, ctx: emit(e, op, xs, sh), emit, _glue_qdq(emit), **kw)
+
+
+_TABLE = (
+    OnnxOpDef("quantize", _where_float, _quantize_int, point=True),
+    OnnxOpDef("dense", _dense_float, _dense_int, point=True),
+    OnnxOpDef("layernorm", _layernorm_float,
+              lambda e, op, xs, sh: layernorm(e, xs[0], op.consts, op.bits, op.shape[-1]), point=True),
+    OnnxOpDef("relu", lambda e, op, xs, sh, ctx: e.node("Relu", [xs[0]]),
+              lambda e, op, xs, sh: e.maximum(xs[0], i32(0))),
+    OnnxOpDef("masked_max", lambda e, op, xs, sh, ctx: masked_max(e, xs[0], xs[1], F32_MIN),
+              lambda e, op, xs, sh: masked_max(e, xs[0], xs[1], i32(A.INT32_MIN))),
+    OnnxOpDef("masked_fill", _where_float, _where_int),
+    OnnxOpDef("matmul", _matmul_float, _matmul_int, _matmul_qdq, point=True),
+    OnnxOpDef("softmax", lambda e, op, xs, sh, ctx: float_softmax(e, xs[0]),
+              lambda e, op, xs, sh: softmax(e, xs[0], op.consts, op.bits), point=True),
+    OnnxOpDef("add", lambda e, op, xs, sh, ctx: e.node("Add", xs), _add_int, point=True),
+    OnnxOpDef("mask_add",
+              lambda e, op, xs, sh, ctx: e.node("Add", [xs[0], e.where(xs[1], np.float32(0),
+                                                                     np.float32(A.MASK_NEG_Q))]),
+              _mask_add_int, point=True),
+    OnnxOpDef("concat", lambda e, op, xs, sh, ctx: e.node("Concat", xs, axis=int(op.attrs["axis"])), _concat_int,
+              point=True),
+    OnnxOpDef("dense_grid", _dense_grid_float,
+              lambda e, op, xs, sh: int_dense_grid(e, xs[0], op.consts["step"], op.attrs["radius"], op.bits),
+              _grid_qdq(codes_out=True)),
+    OnnxOpDef("dense_grid_mask", _dense_grid_mask_float,
+              lambda e, op, xs, sh: int_dense_grid_mask(e, xs[0], xs[1], op.consts["step"], op.attrs["radius"],
+                                                        op.attrs["in_bits"][0], sh[0][-2]),
+              _grid_qdq(codes_out=False)),
+    OnnxOpDef("log_softmax", lambda e, op, xs, sh, ctx: log_softmax(e, xs[0]), _log_softmax_int, lsb=_in_scale),
+    _layout("reshape", _reshape),
+    _layout("broadcast_to", _broadcast_to),
+    _layout("index", _index),
+    _layout("concatenate", _concatenate),
+    _layout("tile", _tile),
+    _layout("moveaxis", _moveaxis),
+    _layout("take_along_axis", _take_along_axis, lsb=_first_input_lsb),
+    OnnxOpDef("top_k", _top_k_float, _top_k_int),
+)
+ONNX_OPS: dict[str, OnnxOpDef] = {d.kind: d for d in _TABLE}
+POINT_KINDS = tuple(d.kind for d in _TABLE if d.point)
+
+
+def onnx_op(op, form: str) -> OnnxOpDef:
+  """The ONNX definition of `op`'s kind; ValueError naming the op, the export form and the known kinds."""
+  d = ONNX_OPS.get(op.kind) if isinstance(op.kind, str) else None
+  if d is None:
+    raise ValueError(f"{form} export: unknown op kind {op.kind!r} ({op.name}); known: {sorted(ONNX_OPS)}")
+  return d
