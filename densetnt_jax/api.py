@@ -1,15 +1,12 @@
 """Programmatic use: `predictor = densetnt_jax.load(workdir, stage="float")`, then
 `predictor.predict(batch)` or `predictor.predict_csv(path)`.
 
-The predictor is the one place that maps a stage to its prediction function; evaluation, inference
-visualization and notebooks all go through it:
-  float               the float model (params)
-  calibration, qat    the fake-quant model (params + the stage's quant state)
-  int                 the integer program's interpreter (`densetnt_jax.quant.run_program`)
+The predictor binds a stage's state (params, quant, program) to the stage's predict function from the one
+stage registry (`densetnt_jax.train.predict`, which the trainer's validation uses too); evaluation, inference
+visualization and notebooks all go through it.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -19,19 +16,11 @@ from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import split_lmdb_path
 from densetnt_jax.data.scene import Scene, model_inputs, to_city_frame_batch
 from densetnt_jax.data.vectorize import vectorize_csv
-from densetnt_jax.model import DenseTNT, build_model
+from densetnt_jax.model import build_model
 from densetnt_jax.postprocess import PostprocessSettings
-from densetnt_jax.quant import run_program
 from densetnt_jax.train.checkpoint import load_config, restore_stage
-from densetnt_jax.train.step import variables
+from densetnt_jax.train.predict import check_stage_state, stage_predict_fn
 from densetnt_jax.workdir import STAGES, load_program
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _model_predict(params, quant, inputs: dict, *, model):
-  """The (fake-quant when `quant` is given) model's predict; one compile per model config and input shapes,
-  shared by every Predictor (the calibration and qat stages, or reloads in a notebook, do not recompile)."""
-  return model.apply(variables(params, quant), inputs, method=DenseTNT.predict)
 
 
 class Predictor:
@@ -42,23 +31,13 @@ class Predictor:
   float: `params`; calibration and qat: `params` and `quant` (fake-quant); int: `program` (integer)."""
 
   def __init__(self, config, params=None, stage: str = "float", *, quant=None, program=None):
-    if stage not in STAGES:
-      raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    check_stage_state(stage, params, quant, program)
     self.config, self.params, self.quant, self.program, self.stage = config, params, quant, program, stage
     self.model = build_model(config)
-    if stage == "int":
-      if program is None:
-        raise ValueError("the int stage predicts with an integer program: Predictor(..., program=...)")
-      settings = PostprocessSettings.from_config(config.postprocess)    # the host epilogue follows the config
-      self._predict = lambda x: run_program(program, x, postprocess=settings)
-      return
-    if params is None:
-      raise ValueError(f"stage {stage!r} needs params")
-    if stage in ("calibration", "qat") and quant is None:
-      raise ValueError(f"stage {stage!r} is the fake-quant model: Predictor(..., quant=...) (its quant state)")
-    if stage == "float" and quant is not None:
-      raise ValueError("the float stage takes no quant state")
-    self._predict = lambda x: _model_predict(self.params, self.quant, x, model=self.model)
+    # The whole batch in one call (no micro-batches); the int stage's host epilogue follows the config.
+    predict = stage_predict_fn(stage, model=self.model, program=program, chunk_size=None,
+                               postprocess=PostprocessSettings.from_config(config.postprocess))
+    self._predict = lambda x: predict(self.params, x, self.quant)
 
   def predict(self, batch: Scene) -> dict[str, np.ndarray]:
     """Predicts a batch (a Scene with a leading batch axis, e.g. from `ArgoverseDataset.batches`)."""

@@ -7,10 +7,13 @@ probabilities; j* = the kept mode with the smallest final displacement (the firs
 Each metric is the unweighted mean over sequences. Keys carry the k (`minFDE_k6`, `minFDE_k1`), so a top-1
 error is never reported as a plain "minFDE".
 
-numpy only, below every stage that scores predictions: training validation, evaluation and the deployment
-comparisons all use this one accumulator.
+numpy only, below every stage that scores predictions: training validation, `bin/eval.py`, align and the ONNX
+comparisons all score through `evaluate(predict_fn, batches)`, with this one accumulator and one valid mask.
 """
 from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -114,3 +117,37 @@ class MetricsAccumulator:
       out.update(summarize(self.errors(k), k))
     out["num_sequences"] = self.num_sequences
     return out
+
+
+def _field(batch, name: str, default):
+  return batch.get(name, default) if isinstance(batch, Mapping) else getattr(batch, name, default)
+
+
+def scored_rows(batch) -> np.ndarray:
+  """The rows a metric counts: real (`seq_id >= 0`, not padding) and with a ground-truth future (`has_future`).
+  `batch`: a Scene or a dict of its fields; a missing field counts as true (an unpadded batch with futures)."""
+  future = np.asarray(_field(batch, "future_Fx2", None))
+  scored_B = np.asarray(_field(batch, "has_future", True)) & (np.asarray(_field(batch, "seq_id", 0)) >= 0)
+  return np.broadcast_to(scored_B, future.shape[:1])
+
+
+def evaluate(predict_fn, batches, *, ks: tuple[int, ...] = (6, 1), miss_threshold: float = 2.0,
+             max_batches: int = -1, gather=np.asarray) -> dict[str, MetricsAccumulator]:
+  """Scores every batch's predictions against its `future_Fx2` on its `scored_rows`.
+
+  predict_fn(batch) -> {name: (trajs_BxKxFx2, probs_BxK)}, one accumulator per name (a model and its baseline,
+  or both sides of a comparison); an empty dict scores nothing for that batch (a batch without labels).
+  `max_batches` >= 0 stops after that many batches; `gather` turns a prediction or a batch field into the
+  whole batch's numpy rows (the trainer's: every process's rows of a sharded batch). Returns the accumulators,
+  a defaultdict: a name that never predicted gives an empty one (`num_sequences` 0)."""
+  accs = collections.defaultdict(lambda: MetricsAccumulator(ks=ks, miss_threshold=miss_threshold))
+  for i, batch in enumerate(batches):
+    if 0 <= max_batches <= i:
+      break
+    preds = predict_fn(batch)
+    if not preds:
+      continue
+    future_BxFx2, scored_B = gather(_field(batch, "future_Fx2", None)), gather(scored_rows(batch))
+    for name, (trajs_BxKxFx2, probs_BxK) in preds.items():
+      accs[name].add(gather(trajs_BxKxFx2), gather(probs_BxK), future_BxFx2, valid_N=scored_B)
+  return accs

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from densetnt_jax.metrics import (MetricsAccumulator, forecasting_metrics, per_sequence_errors,
+from densetnt_jax.metrics import (MetricsAccumulator, evaluate, forecasting_metrics, per_sequence_errors,
                                   summarize)
 
 GT_TX2 = np.array([[0.0, 1.0], [0.0, 2.0]])
@@ -136,3 +136,27 @@ def test_accumulator_over_batches_equals_whole():
   assert set(res) == {"minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6", "minADE_k1", "minFDE_k1", "MR_k1",
                       "brier_minFDE_k1", "num_sequences"}
   assert res["minFDE_k1"] >= res["minFDE_k6"]
+
+
+def test_evaluate_scores_only_real_rows_with_a_future():
+  """One valid mask for every loop: a padding row (seq_id -1) and a row without a future are not scored, a
+  batch whose predict returns {} scores nothing, max_batches stops early; Scene-like and dict batches alike."""
+  rng = np.random.default_rng(1)
+  gt_BxTx2 = rng.normal(size=(4, 2, 2))
+  pred_BxKxTx2, prob_BxK = rng.normal(size=(4, 3, 2, 2)), rng.random((4, 3))
+  batch = {"future_Fx2": gt_BxTx2, "seq_id": np.array([7, 8, 9, -1]), "has_future": np.array([1, 0, 1, 1], bool)}
+  unlabelled = {"seq_id": np.array([5])}
+  calls = []
+
+  def predict(b):
+    calls.append(b)
+    return {} if b is unlabelled else {"model": (pred_BxKxTx2, prob_BxK), "twice": (pred_BxKxTx2, prob_BxK)}
+
+  accs = evaluate(predict, [batch, unlabelled, batch, batch], max_batches=3)
+  assert len(calls) == 3
+  expected = MetricsAccumulator()
+  for _ in range(2):
+    expected.add(pred_BxKxTx2[[0, 2]], prob_BxK[[0, 2]], gt_BxTx2[[0, 2]])
+  assert accs["model"].result() == expected.result() == accs["twice"].result()
+  assert accs["model"].num_sequences == 4
+  assert accs["never predicted"].num_sequences == 0

@@ -3,9 +3,7 @@ No other module of the package branches on an op kind's name: a condition (if / 
 a comprehension filter, a while) comparing a `.kind` / `kind` with an op kind's string literal is a failure,
 unless the allow-list below names it with its reason."""
 import ast
-import importlib.util
 
-import pytest
 
 from conftest import ROOT
 from densetnt_jax.quant.ops import OPS
@@ -15,12 +13,6 @@ TABLES = {"quant/ops.py", "deploy/onnx_ops.py"}
 
 # (file, enclosing function, kind): why this comparison stays outside the tables
 ALLOWED = {
-    ("deploy/perf.py", "is_view", "reshape"):
-        "not this part's file (issue 11, perf): a reshape, and an index that keeps every element, move no data; "
-        "to become an OpDef field (e.g. `view`)",
-    ("quant/program.py", "convert", "concatenate"):
-        "not this part's file (issue 11, program): a code concatenation needs one scale on its inputs; to become "
-        "an OpDef check",
     ("deploy/onnx_export.py", "int_reference", "reshape"):
         "a `while` that follows the reshape chain from the trajectory output back to the code op the interpreter "
         "returns codes for: a walk of the program's shape, not a per-kind definition",
@@ -111,9 +103,8 @@ def test_the_check_catches_a_kind_branch(tmp_path):
                                                               ("top_k", 7)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is an optional extra")
 def test_onnx_table_covers_every_op_kind():
-  from densetnt_jax.deploy.onnx_ops import ONNX_OPS
+  from densetnt_jax.deploy.onnx_ops import ONNX_OPS     # onnx: installed by make test ('.[dev,tensorboard,onnx]')
   assert set(ONNX_OPS) == set(OPS)
   assert all(d.kind == k for k, d in ONNX_OPS.items())
   # a QDQ quantization point has codes the interpreter hands on; glue and host ops never are points

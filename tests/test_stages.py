@@ -274,3 +274,26 @@ def test_sensitivity_ranks_points_by_their_int8_cost_and_suggests_int16(pipeline
   decoder = next(r for r in by_part["rows"] if r["layer"] == "decoder")
   assert decoder["points"] == [n for n in names if n.startswith("decoder/")]
   assert decoder["cost"] == pytest.approx(sum(cost.get(n, 0.01) for n in decoder["points"]))
+
+
+def test_one_stage_registry_for_the_loader_and_the_trainer():
+  """densetnt_jax.load and the trainer's validation take a stage's predict function from one map; the model
+  stages share one compiled function per model (calibration and every QAT validation compile once)."""
+  from densetnt_jax.model import build_model
+  from densetnt_jax.train.predict import STAGE_PREDICT, check_stage_state, stage_predict_fn
+  from densetnt_jax.workdir import STAGES
+  assert tuple(STAGE_PREDICT) == STAGES
+  with pytest.raises(ValueError, match="unknown stage 'fp32'"):
+    stage_predict_fn("fp32")
+  with pytest.raises(ValueError, match="integer program"):
+    stage_predict_fn("int")
+  with pytest.raises(ValueError, match="predicts with the model"):
+    stage_predict_fn("qat")
+  model = build_model(load_config("tiny"))
+  assert stage_predict_fn("calibration", model=model) is stage_predict_fn("qat", model=build_model(load_config("tiny")))
+  with pytest.raises(ValueError, match="fake-quant model"):
+    check_stage_state("qat", params={})
+  with pytest.raises(ValueError, match="takes no quant state"):
+    check_stage_state("float", params={}, quant={})
+  with pytest.raises(ValueError, match="integer program"):
+    densetnt_jax.api.Predictor(load_config("tiny"), stage="int")

@@ -19,7 +19,7 @@ import numpy as np
 from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import runner
-from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import DenseTNT, build_model
 from densetnt_jax.progress import progress_bar
 from densetnt_jax.quant import codes_by_name, run_program
@@ -66,16 +66,14 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   stats: dict[str, _LayerStats] = {}
   order: list[str] = []
   missing: set[str] = set()
-  accs = {name: MetricsAccumulator(ks=(6, 1), miss_threshold=config.eval.miss_threshold)
-          for name in ("fake_quant", "int")}
   n_batches = dataset.num_batches(batch_size, drop_remainder=False)
   if num_batches > 0:
     n_batches = min(n_batches, num_batches)
-  seen, artifact_batches, artifact_differs = 0, 0, set()
-  for i, batch in enumerate(progress_bar(dataset.batches(batch_size), total=n_batches, desc="align",
-                                 disable=not progress, unit="batch")):
-    if i >= n_batches:
-      break
+  artifact_batches, artifact_differs = 0, set()
+
+  def predict(batch):
+    """Both sides' predictions; the per-op codes (and the artifact's predictions) compared on the way."""
+    nonlocal artifact_batches
     inputs = model_inputs(batch)
     pred_fq, inter = jax.device_get(_fake_quant_with_codes(params, quant, inputs, model=model))
     pred_int, codes = jax.device_get(run_program(program, inputs, return_codes=True))
@@ -99,17 +97,19 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
         stats[k] = _LayerStats()
         order.append(k)
       stats[k].add(a, b)
-    scored = (batch.seq_id >= 0) & batch.has_future
-    seen += int(scored.sum())
-    for name, pred in (("fake_quant", pred_fq), ("int", pred_int)):
-      accs[name].add(np.asarray(pred.trajs_BxKxFx2), np.asarray(pred.probs_BxK), batch.future_Fx2,
-                     valid_N=scored)
+    return {"fake_quant": (pred_fq.trajs_BxKxFx2, pred_fq.probs_BxK),
+            "int": (pred_int.trajs_BxKxFx2, pred_int.probs_BxK)}
+
+  accs = evaluate(predict, progress_bar(dataset.batches(batch_size), total=n_batches, desc="align",
+                                        disable=not progress, unit="batch"),
+                  ks=(6, 1), miss_threshold=config.eval.miss_threshold, max_batches=n_batches)
   rank = {name: i for i, name in enumerate(program.code_ops())}
   order.sort(key=lambda k: rank.get(k, len(rank)))            # program (execution) order
   layers = [{"layer": k, "identical": stats[k].same / max(stats[k].total, 1), "max_lsb": stats[k].max_lsb,
              "elements": stats[k].total} for k in order]
   result = {"layers": layers, "fake_quant": accs["fake_quant"].result(), "int": accs["int"].result(),
-            "num_sequences": seen, "num_batches": n_batches, "batch_size": batch_size, "missing": sorted(missing)}
+            "num_sequences": accs["int"].num_sequences, "num_batches": n_batches, "batch_size": batch_size,
+            "missing": sorted(missing)}
   if artifact is not None:
     result["artifact"] = {"batches": artifact_batches, "differing": sorted(artifact_differs)}
   if int_onnx is not None:

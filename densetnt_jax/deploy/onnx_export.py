@@ -38,7 +38,7 @@ from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_ops import Emitter
-from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import build_model
 from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
@@ -329,13 +329,14 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
   per-op codes, compared with the session's `codes/<op>` outputs. postprocess=PostprocessSettings and
   batches carrying labels (future_Fx2, has_future, seq_id): end metrics of both after the host NMS."""
   scales = scales or {}
-  accs = {k: MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold) for k in ("reference", "onnx")}
-  scored_total = 0
   stats = {r: _Stats(scales.get(r), ulp=r in LOGPROB_ROLES) for r in OUTPUT_ROLES}
   code_stats: dict = {}
   rows_total = rows_same = 0
   seconds = 0.0
-  for inputs in batches:
+
+  def predict(inputs):
+    """Both sides' outputs compared element by element; their end predictions (after the host NMS) scored."""
+    nonlocal rows_total, rows_same, seconds
     ref = reference(inputs)
     ref, ref_codes = ref if codes else (ref, None)
     t0 = time.perf_counter()
@@ -353,19 +354,17 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
     if codes:
       for name, v in ref_codes.items():
         code_stats.setdefault(name, _Stats(1.0)).add(v, got[f"codes/{name}"])
-    if postprocess is not None and "future_Fx2" in inputs:
-      scored = np.asarray(inputs.get("has_future", True)) & (np.asarray(inputs.get("seq_id", 0)) >= 0)
-      scored = np.broadcast_to(scored, np.shape(inputs["future_Fx2"])[:1])
-      scored_total += int(scored.sum())
-      for k, outs in (("reference", ref), ("onnx", got)):
-        pred = finish(outs, postprocess)
-        accs[k].add(np.asarray(pred.trajs_BxKxFx2), np.asarray(pred.probs_BxK), np.asarray(inputs["future_Fx2"]),
-                    valid_N=scored)
+    if postprocess is None or "future_Fx2" not in inputs:
+      return {}
+    return {k: (pred.trajs_BxKxFx2, pred.probs_BxK)
+            for k, pred in (("reference", finish(ref, postprocess)), ("onnx", finish(got, postprocess)))}
+
+  accs = evaluate(predict, batches, ks=(6, 1), miss_threshold=miss_threshold)
   res = {"outputs": {r: s.result() for r, s in stats.items()}, "rows_agree": rows_same / max(rows_total, 1),
          "rows": rows_total, "onnx_seconds": seconds}
-  if scored_total:
-    res["metrics"] = {k: a.result() for k, a in accs.items()}
-    res["metrics"]["sequences"] = scored_total
+  if accs["onnx"].num_sequences:
+    res["metrics"] = {k: accs[k].result() for k in ("reference", "onnx")}
+    res["metrics"]["sequences"] = accs["onnx"].num_sequences
   if codes:
     res["codes"] = {k: s.result() for k, s in code_stats.items()}
   return res

@@ -58,10 +58,8 @@ def _elements(shape: tuple, batch: int) -> int:
 
 
 def is_view(o: Op, shapes: dict) -> bool:
-  """Ops that move no data: reshapes, and indexing that only adds or drops unit axes."""
-  if o.kind == "reshape":
-    return True
-  return o.kind == "index" and _elements(o.shape, 1) == _elements(shapes[o.inputs[0]][0], 1)
+  """Ops that move no data: reshapes, and indexing that only adds or drops unit axes (`OpDef.is_view`)."""
+  return op_def(o.kind).is_view(o, shapes)
 
 
 def _tensors(program: Program) -> dict:

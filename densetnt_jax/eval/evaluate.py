@@ -1,7 +1,7 @@
 """Evaluation of any stage on a packed split: K=6 and K=1 metrics beside the constant-velocity baseline.
 
-One code path for every stage: a `Predictor` (densetnt_jax.api) supplies the predictions, the same
-`MetricsAccumulator` scores the model and the baseline, and `--write-h5` writes the leaderboard file, only
+One code path for every stage: a `Predictor` (densetnt_jax.api) supplies the predictions, the one evaluator
+(`densetnt_jax.metrics.evaluate`, as in training) scores the model and the baseline, and `--write-h5` writes the leaderboard file, only
 when it holds every sequence of the split's source directory (`config.data.src_dir`). A split without
 futures (test) gets the file and no metrics.
 """
@@ -22,7 +22,7 @@ from densetnt_jax.data.pack import split_lmdb_path, split_source
 from densetnt_jax.data.scene import to_city_frame_batch
 from densetnt_jax.eval.baselines import constant_velocity
 from densetnt_jax.eval.leaderboard import refuse_incomplete, source_sequence_ids, write_leaderboard_h5
-from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax import metrics
 from densetnt_jax.progress import progress_bar
 
 
@@ -39,8 +39,6 @@ def evaluate_dataset(predictor, dataset: ArgoverseDataset, *, batch_size: int, m
   stopping early) is refused first. `missing_reasons` ({reason: ids}) and `expected_from` word the refusal.
   """
   d = predictor.config.data
-  model_acc = MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold)
-  cv_acc = MetricsAccumulator(ks=(6, 1), miss_threshold=miss_threshold)
   trajs_by_seq, probs_by_seq = {}, {}
   n_batches = dataset.num_batches(batch_size, drop_remainder=False)
   if max_batches > 0:
@@ -52,29 +50,32 @@ def evaluate_dataset(predictor, dataset: ArgoverseDataset, *, batch_size: int, m
     reasons[f"cut off by max_batches={max_batches} (config.train.eval_max_batches; -1 predicts the whole "
             "split)"] = dataset.seq_ids[n_batches * batch_size:]       # unshuffled batches: the dataset order
     refuse_incomplete(write_h5, expected, dataset.seq_ids[:n_batches * batch_size], reasons, expected_from)
-  start, seen = time.perf_counter(), 0
-  for i, batch in enumerate(progress_bar(dataset.batches(batch_size), total=n_batches, desc=f"eval {predictor.stage}",
-                                 disable=not progress, unit="batch")):
-    if i >= n_batches:
-      break
+  seen = 0
+
+  def predict(batch):
+    nonlocal seen
     pred = predictor.predict(batch)
     real = batch.seq_id >= 0
-    scored = real & batch.has_future
     seen += int(real.sum())
-    model_acc.add(pred["trajs_BxKxFx2"], pred["probs_BxK"], batch.future_Fx2, valid_N=scored)
-    cv_trajs, cv_probs = constant_velocity(batch.trajs_TxVxC, batch.traj_vector_mask_TxV, d.pred_steps,
-                                           d.heading_steps)
-    cv_acc.add(cv_trajs, cv_probs, batch.future_Fx2, valid_N=scored)
     if write_h5:
       city = to_city_frame_batch(pred["trajs_BxKxFx2"], batch.origin_2, batch.rotation_2x2)
       for b in np.flatnonzero(real):
         trajs_by_seq[int(batch.seq_id[b])] = city[b]
         probs_by_seq[int(batch.seq_id[b])] = np.asarray(pred["probs_BxK"][b])
+    return {"model": (pred["trajs_BxKxFx2"], pred["probs_BxK"]),
+            "constant_velocity": constant_velocity(batch.trajs_TxVxC, batch.traj_vector_mask_TxV, d.pred_steps,
+                                                   d.heading_steps)}
+
+  start = time.perf_counter()
+  bar = progress_bar(dataset.batches(batch_size), total=n_batches, desc=f"eval {predictor.stage}",
+                     disable=not progress, unit="batch")
+  accs = metrics.evaluate(predict, bar, ks=(6, 1), miss_threshold=miss_threshold, max_batches=n_batches)
   seconds = time.perf_counter() - start
   if write_h5:
     reasons["packed but not predicted (skipped when loading)"] = dataset.seq_ids
     write_leaderboard_h5(write_h5, trajs_by_seq, probs_by_seq, expected_seq_ids=expected,
                          missing_reasons=reasons, expected_from=expected_from)
+  model_acc, cv_acc = accs["model"], accs["constant_velocity"]
   scored = model_acc.num_sequences > 0
   return {"stage": predictor.stage, "model": model_acc.result() if scored else {},
           "constant_velocity": cv_acc.result() if scored else {}, "num_sequences": seen,
@@ -162,8 +163,8 @@ def format_table(results: list[dict], keys=("minADE_k6", "minFDE_k6", "MR_k6", "
   width = max(len(n) for n, _ in rows) + 2
   head = "".ljust(width) + "".join(k.rjust(16) for k in keys)
   lines = [head, "-" * len(head)]
-  for name, metrics in rows:
-    lines.append(name.ljust(width) + "".join(f"{metrics.get(k, float('nan')):16.4f}" for k in keys))
+  for name, values in rows:
+    lines.append(name.ljust(width) + "".join(f"{values.get(k, float('nan')):16.4f}" for k in keys))
   lines.append(f"({results[0]['num_sequences']} sequences; the baseline predicts one trajectory, so its K=6 "
                "columns equal K=1)")
   return "\n".join(lines + notes)

@@ -23,6 +23,7 @@ from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import observers as O
 from densetnt_jax.train import loop
 from densetnt_jax.train.checkpoint import restore_stage
+from densetnt_jax.train.predict import stage_predict_fn
 from densetnt_jax.workdir import MissingStageError
 
 MODES = ("only", "all_but")
@@ -142,11 +143,11 @@ def score_fn(config, params, dataset, *, num_batches: int, batch_size: int) -> C
   """quant_state -> val metrics of the fake-quant model on the first `num_batches` batches."""
   model = build_model(config)
   mesh = loop.make_mesh()
-  predict = loop.make_predict_fn(model, mesh)
+  predict = stage_predict_fn("calibration", model=model, mesh=mesh)
   params = loop.replicate(params, mesh)
 
   def score(quant_state):
-    return loop.evaluate(predict, params, dataset, config.eval, batch_size, mesh, max_batches=num_batches,
+    return loop.evaluate_split(predict, params, dataset, config.eval, batch_size, mesh, max_batches=num_batches,
                          prefetch=config.data.prefetch, quant=loop.replicate(quant_state, mesh))
 
   return score

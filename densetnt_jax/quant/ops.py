@@ -140,6 +140,8 @@ class OpDef:
   per_input_requant: bool = False       # one requant triple per input, prefixes "0_", "1_", ...
   widen_inputs: bool = True             # reads its code inputs as int32 (glue moves narrow codes as they are)
   reduces_rows: bool = False            # reduces rows of its input: the runner materializes that input first
+  is_view: Callable = lambda op, tensors: False   # moves no data (a reshape, an index dropping unit axes)
+  joins_codes: bool = False             # puts its inputs' codes side by side: they need one scale
 
   def consts_for(self, num_inputs: int) -> tuple:
     """The constant names an op of this kind with `num_inputs` inputs reads: `consts`, and a requant triple
@@ -406,11 +408,13 @@ _TABLE = (
           lambda op, c, xs, h: jax.nn.log_softmax(A.dequantize(xs[0], c["in_scale"]), axis=-1), host=True,
           reduces_rows=True),
     _glue("reshape", 1, ("shape",), lambda op, c, xs, h: xs[0].reshape(_batch_shape(op.attrs["shape"], xs[0])),
-          element_ops=0),
+          element_ops=0, is_view=lambda op, tensors: True),
     _glue("broadcast_to", 1, ("shape",),
           lambda op, c, xs, h: jnp.broadcast_to(xs[0], _batch_shape(op.attrs["shape"], xs[0]))),
-    _glue("index", 1, ("index",), lambda op, c, xs, h: xs[0][op.attrs["index"]], element_ops=0),
-    _glue("concatenate", None, ("axis",), lambda op, c, xs, h: jnp.concatenate(xs, axis=op.attrs["axis"])),
+    _glue("index", 1, ("index",), lambda op, c, xs, h: xs[0][op.attrs["index"]], element_ops=0,
+          is_view=lambda op, tensors: _elements(op.shape, 1) == _elements(tensors[op.inputs[0]][0], 1)),
+    _glue("concatenate", None, ("axis",), lambda op, c, xs, h: jnp.concatenate(xs, axis=op.attrs["axis"]),
+          joins_codes=True),
     _glue("tile", 1, ("reps",), lambda op, c, xs, h: jnp.tile(xs[0], op.attrs["reps"])),
     _glue("moveaxis", 1, ("destination", "source"),
           lambda op, c, xs, h: jnp.moveaxis(xs[0], op.attrs["source"], op.attrs["destination"])),

@@ -282,7 +282,7 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
           "record_batch": RECORD_BATCH}
   prog = Program(prog_inputs, ops, dict(rec.outputs), meta)
   for o in ops:                             # a code concatenation (P.join) needs one scale on every input
-    if o.kind == "concatenate" and o.bits and len({float(scales[i]) for i in o.inputs}) != 1:
+    if op_def(o.kind).joins_codes and o.bits and len({float(scales[i]) for i in o.inputs}) != 1:
       raise ValueError(f"convert: {o.name} concatenates codes of different scales "
                        f"{[float(scales[i]) for i in o.inputs]}: join tensors of one quantization point only")
   for name, bound in prog.accumulator_bounds().items():

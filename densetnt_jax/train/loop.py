@@ -34,11 +34,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from densetnt_jax.data.loader import ArgoverseDataset, open_split
 from densetnt_jax.data.scene import Scene, model_inputs
-from densetnt_jax.metrics import MetricsAccumulator
+from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import build_model
 from densetnt_jax.progress import progress_bar
 from densetnt_jax.train import checkpoint as ckpt
-from densetnt_jax.train.step import init_train_state, make_optimizer, predict_step, train_step
+from densetnt_jax.train.predict import stage_predict_fn
+from densetnt_jax.train.step import init_train_state, make_optimizer, train_step
 from densetnt_jax.workdir import checkpoint_dir
 
 TRAIN_LABEL_FIELDS = ("future_Fx2", "goal_index", "has_future")
@@ -123,31 +124,20 @@ def optimizer_and_train_fn(model, train_config: ml_collections.FrozenConfigDict,
   return optimizer, make_train_fn(model, optimizer, loss_config, mesh)
 
 
-@functools.lru_cache(maxsize=16)
-def make_predict_fn(model, mesh: Mesh):
-  """jit(predict_step): (params, inputs, quant=None) -> (trajs_BxKxFx2, probs_BxK), sharded like the batch.
-  Cached per (model, mesh): the stages' evaluations of one model (calibration, every QAT epoch) compile once."""
-  def fn(params, inputs, quant=None):
-    pred = predict_step(params, inputs, quant, model=model)
-    return pred.trajs_BxKxFx2, pred.probs_BxK
+def evaluate_split(predict_fn, params, dataset: ArgoverseDataset, eval_config, batch_size: int, mesh: Mesh, *,
+                   max_batches: int = -1, prefetch: int = 4, quant=None) -> dict[str, float]:
+  """minADE/minFDE/MR/brier-minFDE at K=6 and K=1 over a split (`metrics.evaluate`: padding rows and rows
+  without a future excluded) of a stage's `predict_fn(params, inputs, quant) -> Prediction`
+  (`densetnt_jax.train.predict.stage_predict_fn`), data parallel on `mesh`; every process returns the same
+  numbers. `quant`: the fake-quant scales (None: float)."""
+  def predict(scene):
+    pred = predict_fn(params, shard_batch(model_inputs(scene), mesh), quant)
+    return {"model": (pred.trajs_BxKxFx2, pred.probs_BxK)}
 
-  rows = NamedSharding(mesh, P("data"))
-  return jax.jit(fn, out_shardings=(rows, rows))
-
-
-def evaluate(predict_fn, params, dataset: ArgoverseDataset, eval_config, batch_size: int, mesh: Mesh, *,
-             max_batches: int = -1, prefetch: int = 4, quant=None) -> dict[str, float]:
-  """minADE/minFDE/MR/brier-minFDE at K=6 and K=1 over a split (padding rows and rows without a future
-  excluded); every process returns the same numbers. `quant`: the fake-quant scales (None: float)."""
-  acc = MetricsAccumulator(ks=(6, 1), miss_threshold=eval_config.miss_threshold)
   batches = dataset.batches(batch_size, drop_remainder=False, prefetch=prefetch,
                             process_index=jax.process_index(), process_count=jax.process_count())
-  for i, scene in enumerate(batches):
-    if 0 <= max_batches <= i:
-      break
-    trajs, probs = predict_fn(params, shard_batch(model_inputs(scene), mesh), quant)
-    valid_B = (scene.seq_id >= 0) & scene.has_future
-    acc.add(gather(trajs), gather(probs), gather(scene.future_Fx2), gather(valid_B))
+  acc = evaluate(predict, batches, ks=(6, 1), miss_threshold=eval_config.miss_threshold,
+                 max_batches=max_batches, gather=gather)["model"]
   if acc.num_sequences == 0:
     raise ValueError(f"{dataset.path}: no scene with a future to evaluate on (is it a test split?)")
   return acc.result()
@@ -266,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
                           params=params, opt_state=opt_state, quant=restored[2] if len(restored) == 4 else None)
     logging.info("resumed from %s at step %d", latest.directory, step)
   log = MetricsLog(stage_dir, bool(t.tensorboard), step)
-  predict_fn = make_predict_fn(model, mesh)
+  predict_fn = stage_predict_fn(stage, model=model, mesh=mesh)
   final: dict = {}
 
   def check(pending: list, upto: int) -> None:
@@ -319,8 +309,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
 
         val = None
         if epoch_end and ((epoch + 1) % t.eval_every_epochs == 0 or step == total_steps):
-          val = evaluate(predict_fn, state.params, val_ds, config.eval, t.eval_batch_size, mesh,
-                         max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=state.quant)
+          val = evaluate_split(predict_fn, state.params, val_ds, config.eval, t.eval_batch_size, mesh,
+                               max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=state.quant)
           val = {f"val/{k}": v for k, v in val.items()}
           log.write(step, {"epoch": epoch, **val})
           logging.info("step %d epoch %d: %s", step, epoch, val)
@@ -338,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
           return {"step": step, "stopped": True}
     check(pending, len(pending))
     if not any(k.startswith("val/") for k in final):   # resumed a finished run: report its metrics again
-      final.update({f"val/{k}": v for k, v in evaluate(
+      final.update({f"val/{k}": v for k, v in evaluate_split(
           predict_fn, state.params, val_ds, config.eval, t.eval_batch_size, mesh,
           max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=state.quant).items()})
   finally:

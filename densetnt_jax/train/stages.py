@@ -26,9 +26,10 @@ from absl import logging
 from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.model import build_model
-from densetnt_jax.quant import calibrate, convert, init_quant_state, run_program
+from densetnt_jax.quant import calibrate, convert, init_quant_state
 from densetnt_jax.train import checkpoint as ckpt
 from densetnt_jax.train import loop
+from densetnt_jax.train.predict import stage_predict_fn
 from densetnt_jax.workdir import STAGE_INPUT, STAGES, checkpoint_dir, program_dir
 
 
@@ -58,16 +59,17 @@ def calibration_batches(config, dataset, num: int | None = None):
   return (model_inputs(scene) for scene in itertools.islice(batches, num))
 
 
-def evaluate_stage(config, make_predict_fn, params, quant=None) -> dict[str, float]:
-  """val metrics (`val/...`) of `make_predict_fn(mesh)`, a predict function `(params, inputs, quant) ->
-  (trajs, probs)`, data parallel on the mesh as in training."""
+def evaluate_stage(config, stage: str, params, quant=None, *, model=None, program=None) -> dict[str, float]:
+  """val metrics (`val/...`) of the stage's predict function (`stage_predict_fn`), data parallel on the mesh
+  as in training."""
   t = config.train
   mesh = loop.make_mesh()
+  predict_fn = stage_predict_fn(stage, model=model, program=program, mesh=mesh)
   val_ds = open_split(config.data, config.data.val_split)
   params = loop.replicate(params, mesh) if params is not None else None
   quant = loop.replicate(quant, mesh) if quant is not None else None
-  val = loop.evaluate(make_predict_fn(mesh), params, val_ds, config.eval, t.eval_batch_size, mesh,
-                      max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=quant)
+  val = loop.evaluate_split(predict_fn, params, val_ds, config.eval, t.eval_batch_size, mesh,
+                            max_batches=t.eval_max_batches, prefetch=config.data.prefetch, quant=quant)
   return {f"val/{k}": v for k, v in val.items()}
 
 
@@ -83,11 +85,11 @@ def _start_one_shot(config: ml_collections.ConfigDict, workdir, stage: str, spli
   return workdir, params, quant, dataset, build_model(config)
 
 
-def _evaluate_and_log(config, workdir: str, stage: str, timing: dict, make_predict_fn, params, quant=None) -> dict:
+def _evaluate_and_log(config, workdir: str, stage: str, timing: dict, params, quant=None, **predict_from) -> dict:
   """val metrics of a one-shot stage, logged at step 0 beside its timing to {workdir}/{stage}/metrics.jsonl."""
   log = _fresh_log(os.path.join(workdir, stage), bool(config.train.tensorboard))
   try:
-    val = evaluate_stage(config, make_predict_fn, params, quant)
+    val = evaluate_stage(config, stage, params, quant, **predict_from)
     log.write(0, {**timing, **val})
   finally:
     log.close()
@@ -115,8 +117,8 @@ def run_calibration(config: ml_collections.ConfigDict, workdir) -> dict:
     manager.wait_until_finished()
   finally:
     manager.close()
-  return _evaluate_and_log(config, workdir, "calibration", {"calibration/seconds": seconds},
-                           lambda mesh: loop.make_predict_fn(model, mesh), params, quant)
+  return _evaluate_and_log(config, workdir, "calibration", {"calibration/seconds": seconds}, params, quant,
+                           model=model)
 
 
 def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
@@ -132,19 +134,8 @@ def run_int(config: ml_collections.ConfigDict, workdir) -> dict:
       shutil.rmtree(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     program.save(path)
-  result = _evaluate_and_log(config, workdir, "int", {"int/convert_seconds": seconds},
-                             lambda mesh: make_program_predict_fn(program), None)
+  result = _evaluate_and_log(config, workdir, "int", {"int/convert_seconds": seconds}, None, program=program)
   return dict(result, program=path)
-
-
-def make_program_predict_fn(program):
-  """The integer program as a loop predict function: (params (unused), inputs, quant (unused)) -> (trajs, probs)."""
-  def fn(params, inputs, quant=None):
-    del params, quant
-    pred = run_program(program, inputs)
-    return pred.trajs_BxKxFx2, pred.probs_BxK
-
-  return fn
 
 
 def run_stage(config: ml_collections.ConfigDict, workdir, stage: str) -> dict:
