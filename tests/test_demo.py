@@ -57,8 +57,8 @@ def test_run_demo_makes_the_calls_of_make_demo_in_order(monkeypatch):
   monkeypatch.setattr(checker, "check_program", record("check_program", types.SimpleNamespace(ok=True)))
   monkeypatch.setattr(checker, "format_report", lambda report: "rows\nsummary\nPASS")
   monkeypatch.setattr(perf, "run", record("perf.run", 0))
-  from densetnt_jax.deploy import onnx_export
-  monkeypatch.setattr(onnx_export, "run", record("onnx_export.run", 0))
+  from densetnt_jax.deploy import onnx_check
+  monkeypatch.setattr(onnx_check, "run", record("onnx_check.run", 0))
   monkeypatch.setattr(pipelines.align, "run", record("align.run", 0))
   monkeypatch.setattr(pipelines, "_write_pictures", record("write_pictures", ["pictures/curves.png"]))
 
@@ -81,9 +81,9 @@ def test_run_demo_makes_the_calls_of_make_demo_in_order(monkeypatch):
       ("load_program", (workdir,), {}),
       ("check_program", (program, spec), {}),
       ("perf.run", (config, workdir), dict(per_layer=False)),
-      ("onnx_export.run", (config, workdir, "float"), dict(num_batches=2)),
-      ("onnx_export.run", (config, workdir, "qat"), dict(num_batches=2)),
-      ("onnx_export.run", (config, workdir, "int"), dict(num_batches=2)),
+      ("onnx_check.run", (config, workdir, "float"), dict(num_batches=2)),
+      ("onnx_check.run", (config, workdir, "qat"), dict(num_batches=2)),
+      ("onnx_check.run", (config, workdir, "int"), dict(num_batches=2)),
       ("align.run", (config, workdir), dict(num_batches=4, max_rows=8)),
       ("write_pictures", (config, workdir), {}),
   ]
