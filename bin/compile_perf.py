@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from densetnt_jax import cli
-from densetnt_jax.deploy.perf import run
+from densetnt_jax.deploy.compiler import run
 
 flags.DEFINE_string("workdir", None, "Workdir holding int/program (default: config.workdir).")
 flags.DEFINE_string("out_dir", None, "Where the artifact and perf.json go (default: WORKDIR/deploy).")

@@ -8,13 +8,13 @@ prints the agreement; exits 1 when the stage's bar (config.export) fails. Writes
       [--workdir=runs/argo] [--output=PATH] [--num-batches=N]
 
 The graphs end at the five program outputs (goal log-probs, top-k goals / log-probs / validity / trajectories);
-NMS and mode selection run on the host (`densetnt_jax.deploy.onnx_export.finish`).
+NMS and mode selection run on the host (`densetnt_jax.deploy.onnx_check.finish`).
 """
 from absl import flags
 from ml_collections import config_flags
 
 from densetnt_jax import cli
-from densetnt_jax.deploy.onnx_export import STAGES, run
+from densetnt_jax.deploy.onnx_check import STAGES, run
 
 flags.DEFINE_enum("stage", "int", list(STAGES), "float: float model; qat: QDQ of the QAT model; int: program.")
 flags.DEFINE_string("workdir", None, "Workdir holding the stage (default: config.workdir).")

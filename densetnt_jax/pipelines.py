@@ -34,7 +34,7 @@ from densetnt_jax.data.loader import ArgoverseDataset
 from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.real_layout import make_real_layout
 from densetnt_jax.data.synthetic import write_synthetic_city
-from densetnt_jax.deploy import align, checker, perf
+from densetnt_jax.deploy import align, checker, compiler
 from densetnt_jax.eval.evaluate import evaluate, format_table
 from densetnt_jax.eval.infer import render_predictions
 from densetnt_jax.eval.infer import write_pictures as _write_pictures
@@ -209,13 +209,13 @@ def deploy_program(config, workdir: str, *, export_stages: tuple = ("int",), exp
                    checker_table: bool = True) -> dict[str, int]:
   """Model checker, compile + perf estimate (WORKDIR/deploy), each of `export_stages` exported to ONNX and
   checked in onnxruntime on `export_batches` val batches: {check: exit status}."""
-  from densetnt_jax.deploy import onnx_export    # onnx is the optional [onnx] extra: imported when deploying
+  from densetnt_jax.deploy import onnx_check     # onnx is the optional [onnx] extra: imported when deploying
   status = dict(checker=check_target(config, workdir, table=checker_table))
   step("compile + performance estimate")
-  status["compile"] = perf.run(config, workdir, per_layer=False)
+  status["compile"] = compiler.run(config, workdir, per_layer=False)
   for stage in export_stages:
     step(f"export ONNX ({stage}) and check it in onnxruntime")
-    status[f"{stage}_onnx"] = onnx_export.run(config, workdir, stage, num_batches=export_batches)
+    status[f"{stage}_onnx"] = onnx_check.run(config, workdir, stage, num_batches=export_batches)
   return status
 
 

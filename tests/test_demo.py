@@ -8,7 +8,7 @@ import types
 from conftest import ROOT, load_config
 
 from densetnt_jax import pipelines
-from densetnt_jax.deploy import checker, perf
+from densetnt_jax.deploy import checker, compiler
 
 
 def test_bin_demo_data_steps_write_the_city_pack_it_draw_scenes_and_resume(tmp_path):
@@ -56,9 +56,9 @@ def test_run_demo_makes_the_calls_of_make_demo_in_order(monkeypatch):
   monkeypatch.setattr(pipelines, "load_program", record("load_program", program))
   monkeypatch.setattr(checker, "check_program", record("check_program", types.SimpleNamespace(ok=True)))
   monkeypatch.setattr(checker, "format_report", lambda report: "rows\nsummary\nPASS")
-  monkeypatch.setattr(perf, "run", record("perf.run", 0))
-  from densetnt_jax.deploy import onnx_export
-  monkeypatch.setattr(onnx_export, "run", record("onnx_export.run", 0))
+  monkeypatch.setattr(compiler, "run", record("compiler.run", 0))
+  from densetnt_jax.deploy import onnx_check
+  monkeypatch.setattr(onnx_check, "run", record("onnx_check.run", 0))
   monkeypatch.setattr(pipelines.align, "run", record("align.run", 0))
   monkeypatch.setattr(pipelines, "_write_pictures", record("write_pictures", ["pictures/curves.png"]))
 
@@ -80,10 +80,10 @@ def test_run_demo_makes_the_calls_of_make_demo_in_order(monkeypatch):
       ("evaluate", (config, workdir), dict(stage="int")),
       ("load_program", (workdir,), {}),
       ("check_program", (program, spec), {}),
-      ("perf.run", (config, workdir), dict(per_layer=False)),
-      ("onnx_export.run", (config, workdir, "float"), dict(num_batches=2)),
-      ("onnx_export.run", (config, workdir, "qat"), dict(num_batches=2)),
-      ("onnx_export.run", (config, workdir, "int"), dict(num_batches=2)),
+      ("compiler.run", (config, workdir), dict(per_layer=False)),
+      ("onnx_check.run", (config, workdir, "float"), dict(num_batches=2)),
+      ("onnx_check.run", (config, workdir, "qat"), dict(num_batches=2)),
+      ("onnx_check.run", (config, workdir, "int"), dict(num_batches=2)),
       ("align.run", (config, workdir), dict(num_batches=4, max_rows=8)),
       ("write_pictures", (config, workdir), {}),
   ]
@@ -96,4 +96,4 @@ def test_run_demo_makes_the_calls_of_make_demo_in_order(monkeypatch):
                                    "render_predictions", "write_pictures"]
   calls.clear()
   pipelines.run_demo(config, deploy=False)       # --deploy=False: no checker, compile or ONNX; align still runs
-  assert [c[0] for c in calls][-2:] == ["align.run", "write_pictures"] and "perf.run" not in [c[0] for c in calls]
+  assert [c[0] for c in calls][-2:] == ["align.run", "write_pictures"] and "compiler.run" not in [c[0] for c in calls]

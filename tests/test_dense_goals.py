@@ -11,6 +11,7 @@ import pytest
 
 from densetnt_jax.data.scene import MODEL_INPUT_FIELDS
 from densetnt_jax.deploy import artifact, checker, perf, runner
+from densetnt_jax.deploy import onnx_check as C
 from densetnt_jax.deploy import onnx_export as X
 from densetnt_jax.model import densetnt_loss, primitives as P
 from densetnt_jax.model.loss import nearest_lane
@@ -227,9 +228,9 @@ def test_checker_cost_model_and_artifact_handle_the_dense_ops(tiny_dense, tmp_pa
 def test_int_onnx_is_bit_identical_with_dense_ops(tiny_dense):
   program, config = tiny_dense["program"], tiny_dense["config"]
   proto = X.export_int(program, config, codes=True)
-  res = X.compare_batches(X.make_session(proto), [_inputs(b) for b in tiny_dense["batches"]],
-                          X.int_reference(program, codes=True), codes=True, complete=X.complete_int(program))
-  assert X.failures("int", res, config) == []
+  res = C.compare_batches(C.make_session(proto), [_inputs(b) for b in tiny_dense["batches"]],
+                          C.int_reference(program, codes=True), codes=True, complete=C.complete_int(program))
+  assert C.failures("int", res, config) == []
   assert all(s["identical"] == 1.0 for s in res["codes"].values())
   assert all(res["outputs"][r]["identical"] == 1.0 for r in X.OUTPUT_ROLES)
 
@@ -238,9 +239,9 @@ def test_float_and_qdq_onnx_with_dense_ops(tiny_dense):
   model, params, config = tiny_dense["model"], tiny_dense["params"], tiny_dense["config"]
   batches = [_inputs(b) for b in tiny_dense["batches"]]
   proto = X.export_float(model, params, batches[0], config)
-  res = X.compare_batches(X.make_session(proto), batches, X.jax_reference(model, params))
-  assert X.failures("float", res, config) == []
+  res = C.compare_batches(C.make_session(proto), batches, C.jax_reference(model, params))
+  assert C.failures("float", res, config) == []
   proto = X.export_qdq(model, params, tiny_dense["quant"], batches[0], config, program=tiny_dense["program"])
-  res = X.compare_batches(X.make_session(proto, qdq_int8=True), batches,
-                          X.jax_reference(model, params, tiny_dense["quant"]))
+  res = C.compare_batches(C.make_session(proto, qdq_int8=True), batches,
+                          C.jax_reference(model, params, tiny_dense["quant"]))
   assert res["outputs"]["topk_valid_BxN"]["elements"] > 0

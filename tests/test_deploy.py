@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from densetnt_jax.quant import ops
-from densetnt_jax.deploy import artifact, checker, perf, runner
+from densetnt_jax.deploy import artifact, checker, compiler, perf, runner
 from densetnt_jax.quant.interpreter import _structure, run_program
 
 
@@ -472,8 +472,8 @@ def test_measure_interpreter(program):
 def test_compile_perf_run_writes_artifact_and_report(tiny_quant, program, tmp_path, capsys):
   workdir = tmp_path / "run"
   program.save(str(workdir / "int" / "program"))
-  status = perf.run(tiny_quant["config"], str(workdir), measure=False, fresh_check=False, per_layer=False,
-                    verify_batch=4)                         # the batch the other tests compiled
+  status = compiler.run(tiny_quant["config"], str(workdir), measure=False, fresh_check=False, per_layer=False,
+                        verify_batch=4)                         # the batch the other tests compiled
   out = capsys.readouterr().out
   assert status == 0, out
   assert "reloaded artifact vs interpreter (batch 4): bit-exact" in out

@@ -1,7 +1,7 @@
 """The package's layers point one way: `[tool.importlinter]` in pyproject.toml lists them top to bottom, and
 import-linter checks that no module imports from a layer above its own, that no two modules of one line
 ("a | b") import each other, that every module of the package has a layer, and that the program tools
-(checker, artifact, runner, perf) import neither the model nor the trainer."""
+(checker, artifact, runner, perf, compiler) import neither the model nor the trainer."""
 import importlib.util
 import os
 import subprocess

@@ -1,6 +1,6 @@
-"""ONNX export (densetnt_jax.deploy.onnx_export): each export run in onnxruntime beside its JAX reference on the
-tiny calibrated model: float within config.export.float_atol, QDQ within qdq_max_lsb of the fake-quant model,
-the integer graph bit-identical to run_program (every output and every op's codes)."""
+"""ONNX export (densetnt_jax.deploy.onnx_export), each export run in onnxruntime beside its JAX reference
+(deploy.onnx_check) on the tiny calibrated model: float within config.export.float_atol, QDQ within qdq_max_lsb
+of the fake-quant model, the integer graph bit-identical to run_program (every output and every op's codes)."""
 import copy
 
 import numpy as np
@@ -8,6 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 
+from densetnt_jax.deploy import onnx_check as C
 from densetnt_jax.deploy import onnx_export as X
 from densetnt_jax.deploy import onnx_ops
 from densetnt_jax.postprocess import PostprocessSettings
@@ -26,7 +27,7 @@ def _batch_is_symbolic(proto):
 @pytest.fixture(scope="module")
 def int_export(tiny_quant):
   proto = X.export_int(tiny_quant["program"], tiny_quant["config"], codes=True)
-  return proto, X.make_session(proto)
+  return proto, C.make_session(proto)
 
 
 def test_int_export_bit_identical_to_interpreter(tiny_quant, int_export):
@@ -36,9 +37,9 @@ def test_int_export_bit_identical_to_interpreter(tiny_quant, int_export):
   assert _batch_is_symbolic(proto)
   assert {"MatMulInteger", "Gather", "Mod", "TopK"} <= _op_types(proto)
   assert "MatMul" not in _op_types(proto)                     # every dot is an integer one
-  res = X.compare_batches(session, tiny_quant["batches"], X.int_reference(program, codes=True), codes=True,
-                          complete=X.complete_int(program))
-  assert X.failures("int", res, config) == []
+  res = C.compare_batches(session, tiny_quant["batches"], C.int_reference(program, codes=True), codes=True,
+                          complete=C.complete_int(program))
+  assert C.failures("int", res, config) == []
   assert set(res["codes"]) == set(program.code_ops())
   assert all(s["identical"] == 1.0 and s["elements"] > 0 for s in res["codes"].values())
   for role in X.OUTPUT_ROLES:                                 # the host part included: every bit
@@ -54,9 +55,9 @@ def test_int_export_other_batch_size_and_host_nms(tiny_quant, int_export):
   _, session = int_export
   program, batch = tiny_quant["program"], tiny_quant["batches"][1]
   inputs = {k: v[:3] for k, v in batch.items()}
-  outs = X.complete_int(program)(X.run_onnx(session, inputs))
+  outs = C.complete_int(program)(C.run_onnx(session, inputs))
   assert outs["topk_trajs_BxNxFx2"].shape[0] == 3
-  pred = X.finish(outs, PostprocessSettings.from_meta(program.meta))
+  pred = C.finish(outs, PostprocessSettings.from_meta(program.meta))
   ref = run_program(program, inputs)
   np.testing.assert_array_equal(np.asarray(pred.trajs_BxKxFx2), np.asarray(ref.trajs_BxKxFx2))
   np.testing.assert_array_equal(np.asarray(pred.mode_mask_BxK), np.asarray(ref.mode_mask_BxK))
@@ -68,8 +69,8 @@ def test_int_check_catches_a_one_lsb_change(tiny_quant):
   op = next(o for o in program.ops if o.kind == "dense" and o.name.startswith("decoder/traj_out"))
   op.consts["b_q"] = op.consts["b_q"] + 2000
   proto = X.export_int(program, tiny_quant["config"])
-  res = X.check_export("int", proto, tiny_quant["batches"][:1], X.int_reference(tiny_quant["program"]),
-                       tiny_quant["config"], complete=X.complete_int(program))
+  res = C.check_export("int", proto, tiny_quant["batches"][:1], C.int_reference(tiny_quant["program"]),
+                       tiny_quant["config"], complete=C.complete_int(program))
   assert any("topk_trajs_BxNxFx2" in f for f in res["failures"])
 
 
@@ -77,7 +78,7 @@ def test_float_export_within_atol(tiny_quant):
   t = tiny_quant
   proto = X.export_float(t["model"], t["params"], t["batches"][0], t["config"])
   assert _batch_is_symbolic(proto) and "QuantizeLinear" not in _op_types(proto)
-  res = X.check_export("float", proto, t["batches"], X.jax_reference(t["model"], t["params"]), t["config"])
+  res = C.check_export("float", proto, t["batches"], C.jax_reference(t["model"], t["params"]), t["config"])
   assert res["failures"] == []
   for role in ("goal_logprobs_BxG", "topk_logprobs_BxN", "topk_trajs_BxNxFx2"):
     assert res["outputs"][role]["max_abs"] <= t["config"].export.float_atol, role
@@ -98,8 +99,8 @@ def test_qdq_export_within_lsb_bar(tiny_quant):
              and any(a.name == "axis" and a.i == 1 for a in n.attribute)]
   assert len(weights) == sum(o.kind == "dense" for o in program.ops)
   assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in weights)
-  ref = X.jax_reference(t["model"], t["params"], t["quant"])
-  res = X.check_export("qat", proto, t["batches"], ref, t["config"], scales=X.output_scales(program),
+  ref = C.jax_reference(t["model"], t["params"], t["quant"])
+  res = C.check_export("qat", proto, t["batches"], ref, t["config"], scales=C.output_scales(program),
                        session_kwargs={"qdq_int8": True})
   assert res["failures"] == []
   assert 0 < res["outputs"]["topk_trajs_BxNxFx2"]["max_lsb"] <= t["config"].export.qdq_max_lsb
@@ -111,7 +112,7 @@ def _run_graph(nodes_fn, feeds: dict) -> np.ndarray:
   e.node("Identity", [out], outputs="y")
   inputs = [onnx_ops.value_info(k, v.shape, v.dtype) for k, v in feeds.items()]
   proto = e.model(inputs, [helper.make_empty_tensor_value_info("y")], opset=21, name="t")
-  return X.run_onnx(X.make_session(proto), feeds)["y"]
+  return C.run_onnx(C.make_session(proto), feeds)["y"]
 
 
 def test_integer_kernels_match_arith_on_edge_values():

@@ -113,12 +113,12 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   if artifact is not None:
     result["artifact"] = {"batches": artifact_batches, "differing": sorted(artifact_differs)}
   if int_onnx is not None:
-    from densetnt_jax.deploy import onnx_export     # onnx is optional (the [onnx] extra): only with an export
+    from densetnt_jax.deploy import onnx_check      # onnx is optional (the [onnx] extra): only with an export
     # a second pass over the same batches (the loader is cheap) rather than holding the whole split in memory
     batches = (model_inputs(b) for b in itertools.islice(dataset.batches(batch_size), n_batches))
-    res = onnx_export.compare_batches(int_onnx, batches, onnx_export.int_reference(program),
-                                      complete=onnx_export.complete_int(program))
-    res["failures"] = onnx_export.failures("int", res, config)
+    res = onnx_check.compare_batches(int_onnx, batches, onnx_check.int_reference(program),
+                                     complete=onnx_check.complete_int(program))
+    res["failures"] = onnx_check.failures("int", res, config)
     result["int_onnx"] = res
   return result
 
@@ -198,8 +198,8 @@ def align_workdir(config, workdir, *, num_batches: int = -1, batch_size: int = B
   else:
     absent["artifact_absent"] = f"no {artifact_path} (bin/compile_perf.py writes it)"
   if os.path.isfile(onnx_path):
-    from densetnt_jax.deploy import onnx_export     # onnx is optional (the [onnx] extra): only with an export
-    int_onnx = onnx_export.make_session(onnx_path)
+    from densetnt_jax.deploy import onnx_check      # onnx is optional (the [onnx] extra): only with an export
+    int_onnx = onnx_check.make_session(onnx_path)
   else:
     absent["int_onnx_absent"] = f"no {onnx_path} (bin/export_onnx.py --stage=int writes it)"
   result = align(config, params, quant, program, dataset, num_batches=num_batches, batch_size=batch_size,

@@ -1,5 +1,6 @@
 """Performance estimate of an integer program on a target (`config.target`), and the interpreter's measured
-latency on this machine.
+latency on this machine (printed beside it by `format_perf`). `compiler.run` (bin/compile_perf.py) compiles the
+artifact and reports both.
 
 Per layer at batch B: MACs (dense: rows x K x N; matmul: output elements x K), element-wise integer work
 (requant, layernorm, softmax, adds, pooling: output elements x a per-kind op count), parameter bytes (the
@@ -15,19 +16,15 @@ their source's buffer; program inputs count, outputs live to the end).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 
 import jax
 import numpy as np
 
-from densetnt_jax.deploy import artifact, checker, runner
 from densetnt_jax.deploy.checker import TargetSpec, tensor_bytes
 from densetnt_jax.quant.interpreter import run_program
 from densetnt_jax.quant.ops import op_def
 from densetnt_jax.quant.program import Op, Program
-from densetnt_jax.workdir import ARTIFACT_NAME, load_program
 
 # HAT's published DenseTNT figure on J6E (batch 30), printed beside our estimate
 HAT_J6E_REFERENCE = dict(batch=30, latency_ms=11.30, fps=144.7, source="HAT DenseTNT (J6E, batch 30)")
@@ -221,47 +218,3 @@ def format_perf(program: Program, spec: TargetSpec, summaries: list[PerfSummary]
     lines.append(f"measured here (jitted interpreter, this CPU) batch {m['batch']:>3}: best {m['best_ms']:.1f} ms, "
                  f"median {m['median_ms']:.1f} ms of {m['reps']} runs")
   return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ compile_perf
-def run(config, workdir: str, out_dir: str | None = None, reps: int = 5, measure: bool = True,
-        fresh_check: bool = True, per_layer: bool = True, verify_batch: int = 1) -> int:
-  """bin/compile_perf.py: check the workdir's int program against config.target, compile it to
-  `<out_dir>/model.dtnt` (default `<workdir>/deploy`), verify the artifact (reload, and optionally a fresh
-  process, bit for bit against the interpreter), print the perf table, write `perf.json`. 0 on success."""
-  spec = TargetSpec.from_config(config.target)
-  program = load_program(workdir)
-  report = checker.check_program(program, spec)
-  if not report.ok:
-    print("\n".join(str(v) for v in report.violations))
-    print(f"refusing to compile: the program does not fit target {spec.name} (bin/model_checker.py for the table)")
-    return 1
-  out_dir = out_dir or os.path.join(workdir, "deploy")
-  path = os.path.join(out_dir, ARTIFACT_NAME)
-  written = artifact.write(program, path, info=dict(target=spec.name, workdir=str(workdir)), target=spec)
-  print(f"checked against {spec.name}: PASS; wrote {path}: {written['nbytes']} bytes, "
-        f"sha256 {written['sha256'][:16]}...")
-
-  loaded = runner.load(path)
-  inputs = synthetic_inputs(program, verify_batch, seed=1)
-  expected = jax.block_until_ready(run_program(program, inputs))
-  got = run_program(loaded, inputs)
-  same = all(runner.same_bits(a, b) for a, b in zip(expected, got))
-  verification = dict(reloaded_bit_exact=same)
-  print(f"reloaded artifact vs interpreter (batch {verify_batch}): {'bit-exact' if same else 'DIFFERS'}")
-  if fresh_check:
-    bad = runner.verify_fresh_process(path, inputs, expected)
-    verification["fresh_process_bit_exact"] = not bad
-    print(f"fresh process (imports densetnt_jax.deploy.runner only) vs interpreter (batch {verify_batch}): "
-          + ("bit-exact" if not bad else f"DIFFERS in {bad}"))
-    same = same and not bad
-
-  summaries = [estimate(program, spec, b) for b in spec.perf_batches]
-  measured = [measure_interpreter(program, b, reps) for b in spec.perf_batches] if measure else []
-  print(format_perf(program, spec, summaries, measured, per_layer))
-  doc = dict(artifact=dict(written, path=path), target=dataclasses.asdict(spec), verification=verification,
-             estimate=[s.as_dict() for s in summaries], measured_interpreter=measured, reference=HAT_J6E_REFERENCE)
-  with open(os.path.join(out_dir, "perf.json"), "w") as f:
-    json.dump(doc, f, indent=1)
-  print(f"wrote {os.path.join(out_dir, 'perf.json')}")
-  return 0 if same else 1
