@@ -85,7 +85,7 @@ def read_unusable(txn, where: str) -> dict[str, str]:
   if raw is None:
     return {}
   try:
-    table = json.loads(unseal(bytes(raw)))
+    table = json.loads(bytes(unseal(bytes(raw))))
   except ValueError as e:
     raise RecordError(f"{where}:{UNUSABLE_KEY.decode()}", f"corrupt ({e})") from None
   if not (isinstance(table, dict) and all(isinstance(k, str) and is_record_key(k.encode()) and isinstance(v, str)

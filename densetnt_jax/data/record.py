@@ -8,6 +8,7 @@ bits) anywhere in the value is caught on read, before anything is decoded.
 """
 from __future__ import annotations
 
+import math
 import struct
 
 import crc32c
@@ -17,7 +18,7 @@ import numpy as np
 from densetnt_jax.data.scene import Scene
 
 FORMAT_VERSION = 2                      # 2: values sealed with a CRC32C (1: bare msgpack); older packs: re-pack
-_ALLOWED_DTYPES = {"float32", "float64", "bool", "int32", "int64", "uint8"}
+_ALLOWED_DTYPES = {name: np.dtype(name) for name in ("float32", "float64", "bool", "int32", "int64", "uint8")}
 # Fields trimmed to the number of real rows (the loader pads them back to the config maxima).
 _TRIM = {"trajs_TxVxC": "traj", "traj_vector_mask_TxV": "traj", "traj_mask_T": "traj",
          "lanes_LxVxC": "lane", "lane_vector_mask_LxV": "lane", "lane_mask_L": "lane",
@@ -31,7 +32,7 @@ def seal(payload: bytes) -> bytes:
   return _CHECKSUM.pack(crc32c.crc32c(payload)) + payload
 
 
-def unseal(value: bytes) -> bytes:
+def unseal(value: bytes) -> memoryview:
   """The payload of a sealed value; ValueError if its checksum does not match (a flipped bit, a cut value)."""
   if len(value) < _CHECKSUM.size:
     raise ValueError(f"{len(value)} bytes, too short to hold a checksum")
@@ -41,7 +42,7 @@ def unseal(value: bytes) -> bytes:
   if actual != stored:
     raise ValueError(f"checksum mismatch (stored crc32c {stored:08x}, computed {actual:08x}): the value changed "
                      "after packing (disk or copy corruption); re-pack this split")
-  return payload.tobytes()
+  return payload
 
 
 def encode_scene(scene: Scene) -> bytes:
@@ -75,8 +76,8 @@ def decode_arrays(raw: bytes) -> dict[str, np.ndarray]:
     if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)
             and isinstance(data, bytes)):
       raise ValueError(f"field {name}: shape {shape!r} is not a list of sizes, or its data is not bytes")
-    dt = np.dtype(dtype)
-    if int(np.prod(shape, dtype=object)) * dt.itemsize != len(data):
+    dt = _ALLOWED_DTYPES[dtype]
+    if math.prod(shape) * dt.itemsize != len(data):         # Python ints: a forged shape cannot wrap
       raise ValueError(f"field {name}: {len(data)} bytes do not hold shape {shape} of {dtype}")
     out[name] = np.frombuffer(data, dtype=dt).reshape(shape)
   return out
