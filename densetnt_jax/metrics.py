@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import numpy as np
 
 METRIC_NAMES = ("minADE", "minFDE", "MR", "brier_minFDE")
+# the columns the stage tables print (pipelines, align, the ONNX checks)
+TABLE_METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
 def per_sequence_errors(pred_NxKxTx2: np.ndarray, prob_NxK: np.ndarray, gt_NxTx2: np.ndarray,

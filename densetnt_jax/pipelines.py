@@ -41,9 +41,9 @@ from densetnt_jax.eval.infer import write_pictures as _write_pictures
 from densetnt_jax.eval.visualize import save_scene_png
 from densetnt_jax.train import stages as train_stages
 from densetnt_jax.train.loop import train_and_evaluate
+from densetnt_jax.metrics import TABLE_METRICS as METRICS
 from densetnt_jax.workdir import STAGES, load_program
 
-METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
 def step(title: str) -> None:

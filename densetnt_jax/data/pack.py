@@ -166,7 +166,12 @@ def _start_worker(map_dir: str, data_config, expected_steps: int) -> None:
   """Pool initializer: parses every city map once per worker (spawned workers share nothing with the parent)."""
   global _worker_job
   _worker_job = (map_dir, data_config, expected_steps)
-  for city in available_cities(map_dir):
+  _parse_maps(map_dir, available_cities(map_dir), data_config)
+
+
+def _parse_maps(map_dir: str, cities, data_config) -> None:
+  """Parses each city's map and cuts its lanes into pieces (cached per process)."""
+  for city in cities:
     load_city_map(map_dir, city).lane_pieces(data_config.lane_points, data_config.lane_piece_max_length)
 
 
@@ -219,8 +224,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
   cities = available_cities(map_dir)
   if not cities:
     raise FileNotFoundError(f"no vector maps in {map_dir}")
-  for city in cities:                     # a broken map stops the run here, not in every file of its city
-    load_city_map(map_dir, city).lane_pieces(data_config.lane_points, data_config.lane_piece_max_length)
+  _parse_maps(map_dir, cities, data_config)   # a broken map stops the run here, not in every file of its city
 
   out = shard_dir(target_data_dir, mode, shard_index, num_shards)
   os.makedirs(out, exist_ok=True)

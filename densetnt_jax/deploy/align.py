@@ -19,6 +19,7 @@ import numpy as np
 from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import runner
+from densetnt_jax.metrics import TABLE_METRICS as METRICS
 from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import DenseTNT, build_model
 from densetnt_jax.progress import progress_bar
@@ -28,7 +29,6 @@ from densetnt_jax.train.step import variables
 from densetnt_jax.workdir import MissingStageError, deployed_paths, load_program
 
 BOARD_BATCH = 30        # HAT's align_bpu data pipeline: batch 30, no shuffle
-METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
 class _LayerStats:

@@ -56,13 +56,13 @@ import struct
 import jax
 import numpy as np
 
-from densetnt_jax.deploy.checker import TargetSpec, check_program
+from densetnt_jax.deploy.checker import FLOAT_CONSTS, TargetSpec, check_program
 from densetnt_jax.postprocess import PostprocessSettings, finish_prediction
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
+from densetnt_jax.quant.ops import OPS, OpDef, stored_dtype
 from densetnt_jax.quant.program import FORMAT as PROGRAM_FORMAT
-from densetnt_jax.quant.ops import OPS, OpDef
-from densetnt_jax.quant.program import Op, Program, from_document, to_document
+from densetnt_jax.quant.program import Program, from_document, to_document
 
 MAGIC = b"DTNTINT\0"
 VERSION = 2                               # 2: flags and the file length in the prefix, keyed signature, target
@@ -93,7 +93,7 @@ _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlev
 
 # ------------------------------------------------------------------------------------------ op kinds
 # What each op kind needs (number of inputs, constants, attrs): the op table, `quant.ops.OPS`.
-CONST_DTYPES = {"w_q": "int8", "g_q": "int16", "scale": "float32", "in_scale": "float32"}   # others: int32
+CONST_DTYPES = {"w_q": "int8", "g_q": "int16", **dict.fromkeys(FLOAT_CONSTS, "float32")}   # others: int32
 CODE_BITS = (0, 8, 16)                    # 0: a mask, index or float tensor
 OP_DTYPES = ("float32", "int32", "bool")
 INPUT_DTYPES = ("float32", "int32", "bool")
@@ -614,11 +614,6 @@ class _Schema:
 
 
 # ----------------------------------------------------------------------------------- load-time checks
-def _expected_dtype(o: Op) -> np.dtype:
-  """The dtype the runner stores an op's output in: codes narrow (int8 / int16), the rest as declared."""
-  return np.dtype(np.int8 if o.bits and o.bits <= 8 else np.int16 if o.bits else o.dtype)
-
-
 # digests of (structure, inputs, requant hints) whose trace passed: a reloaded program is not traced again
 _TRACED: dict = {}
 
@@ -636,7 +631,7 @@ def _trace(program: Program, where: str) -> None:
   def body(consts: dict, xs: dict):
     env = dict(xs)
     for o in program.ops:
-      want = spec(o.shape, _expected_dtype(o))
+      want = spec(o.shape, np.dtype(stored_dtype(o.bits, o.dtype)))
       try:
         y = interpreter._step(o, consts[o.name], [env[i] for i in o.inputs], interpreter.requant_hints(o))
         got = (tuple(y.shape), np.dtype(y.dtype))

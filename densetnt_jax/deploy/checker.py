@@ -54,7 +54,7 @@ import numpy as np
 
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
-from densetnt_jax.quant.ops import OPS, OpDef, TensorFacts, Unbounded, absmax, ints, op_def, stored_dtype
+from densetnt_jax.quant.ops import OPS, OpDef, TensorFacts, Unbounded, absmax, ints, stored_dtype
 from densetnt_jax.quant.program import Op, Program
 from densetnt_jax.workdir import load_program
 
@@ -192,23 +192,9 @@ def _def(o: Op) -> OpDef:
   return OPS.get(o.kind, _UNKNOWN_KIND) if isinstance(o.kind, str) else _UNKNOWN_KIND
 
 
-def intermediate_bounds(o: Op, ins: list) -> dict:
-  """{intermediate: largest |value|} of every int32 value the op's kernel computes (the op table's `bounds`),
-  from its stored constants and its inputs' facts; {} for kinds without wide arithmetic. Raises `Unbounded`
-  for an intermediate with no bound."""
-  bounds = op_def(o.kind).bounds
-  return {} if bounds is None else bounds(o, ins)
-
-
 def _requant_prefixes(o: Op) -> list[str]:
   """Prefixes of the op's requant triples ({p}mult, {p}shift, {p}pre): '', 'z_', 't_', '0_', '1_', ..."""
   return sorted(k[:-4] for k in o.consts if k.endswith("mult"))
-
-
-def _row_shift(o: Op, prefix: str, ins: list) -> tuple[int, int]:
-  """(min, max) shift the kernel adds per row to this requant's static shift (N from the producer's shape)."""
-  row_shift = op_def(o.kind).row_shift
-  return (0, 0) if row_shift is None else row_shift(o, prefix, ins)
 
 
 # ------------------------------------------------------------------------------------------- operands
@@ -252,7 +238,7 @@ def _const_problem(name: str, v) -> str | None:
 
 
 def _attr_problems(o: Op, ins: list | None) -> list[str]:
-  d, a, problems = OPS[o.kind], o.attrs, []
+  d, a, problems = _def(o), o.attrs, []
   missing = [n for n in d.kernel_attrs if n not in a]
   if missing:
     return [f"missing attr(s) {missing}"]
@@ -273,7 +259,7 @@ def _check_operands(o: Op, ins: list | None, spec: TargetSpec, fail) -> tuple[bo
     if o.kind in spec.op_bits or o.kind in spec.layout_ops or o.kind in spec.host_ops:
       fail(o.name, "operands", f"the interpreter has no kernel for op kind {o.kind!r}; known: {sorted(OPS)}")
     return False, None
-  need = OPS[o.kind].consts_for(len(o.inputs))
+  need = _def(o).consts_for(len(o.inputs))
   problems = []
   missing = [k for k in need if k not in o.consts]
   if missing:
@@ -296,7 +282,7 @@ def _check_operands(o: Op, ins: list | None, spec: TargetSpec, fail) -> tuple[bo
   if _static(o.shape) and declared != (shape, dtype):
     fail(o.name, "operands", f"declares {declared[0]} {declared[1]}, but its kernel gives {shape} {dtype} from "
          f"inputs of shapes {[t.shape for t in ins]}: the shapes the bounds read would be wrong")
-  shape_problems = OPS[o.kind].shape_problems
+  shape_problems = _def(o).shape_problems
   for problem in shape_problems(o, ins) if shape_problems is not None else ():
     fail(o.name, "operands", problem)
   return True, TensorFacts(shape, dtype, o.bits)
@@ -434,12 +420,13 @@ def rule_op_bits(c: OpUnderCheck) -> None:
 
 
 def rule_accumulator(c: OpUnderCheck) -> None:
-  """Every int32 intermediate of the kernel bounded for any input in range (`intermediate_bounds`)."""
+  """Every int32 intermediate of the kernel bounded for any input in range (the op table's `bounds`, from its stored
+  constants and its inputs' facts)."""
   if not (c.consts_ok and c.ins is not None and _def(c.op).bounds is not None):
     return
   acc_limit = 2**(c.acc_bits - 1) - 1
   try:
-    bounds = intermediate_bounds(c.op, c.ins)
+    bounds = _def(c.op).bounds(c.op, c.ins)
   except Unbounded as e:
     c.violation("accumulator", str(e))
     return
@@ -476,9 +463,9 @@ def rule_shift(c: OpUnderCheck) -> None:
   """Requant shifts, per-row shifts included, and pre-shifts within [0, max_shift]."""
   if not (c.consts_ok and c.ins is not None):
     return
-  max_shift = c.spec.max_shift
+  max_shift, row_shift = c.spec.max_shift, _def(c.op).row_shift
   for p, _, s, pre in c.requants():
-    lo_row, hi_row = _row_shift(c.op, p, c.ins)
+    lo_row, hi_row = (0, 0) if row_shift is None else row_shift(c.op, p, c.ins)
     c.shifts += [int(s.min()) + lo_row, int(s.max()) + hi_row]
     if s.min() + lo_row < 0 or s.max() + hi_row > max_shift:
       c.violation("shift", f"requant {p}shift in [{int(s.min())}, {int(s.max())}]"

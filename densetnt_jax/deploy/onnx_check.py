@@ -31,6 +31,7 @@ from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_export import OUTPUT_ROLES, export_float, export_int, export_qdq, opset_of
+from densetnt_jax.metrics import TABLE_METRICS as METRICS
 from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import build_model
 from densetnt_jax.postprocess import PostprocessSettings
@@ -190,7 +191,6 @@ def output_scales(program: Program) -> dict:
   return {role: s for role in OUTPUT_ROLES if (s := lsb(program.outputs[role])) is not None}
 
 
-METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "minADE_k1", "minFDE_k1", "MR_k1")
 
 
 def compare_batches(session, batches, reference, *, scales: dict | None = None, codes: bool = False,

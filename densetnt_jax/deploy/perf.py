@@ -23,7 +23,7 @@ import numpy as np
 
 from densetnt_jax.deploy.checker import TargetSpec, tensor_bytes
 from densetnt_jax.quant.interpreter import run_program
-from densetnt_jax.quant.ops import op_def
+from densetnt_jax.quant.ops import elements, op_def
 from densetnt_jax.quant.program import Op, Program
 
 # HAT's published DenseTNT figure on J6E (batch 30), printed beside our estimate
@@ -50,10 +50,6 @@ class LayerPerf:
     return "compute" if self.compute_us >= self.memory_us else "memory"
 
 
-def _elements(shape: tuple, batch: int) -> int:
-  return int(np.prod([batch if d is None else d for d in shape], dtype=np.int64))
-
-
 def is_view(o: Op, shapes: dict) -> bool:
   """Ops that move no data: reshapes, and indexing that only adds or drops unit axes (`OpDef.is_view`)."""
   return op_def(o.kind).is_view(o, shapes)
@@ -76,7 +72,7 @@ def layer_perf(program: Program, spec: TargetSpec, batch: int) -> list[LayerPerf
     params = sum(int(np.asarray(v).nbytes) for v in o.consts.values())
     d = op_def(o.kind)     # MACs and element ops per op kind: the op table's cost entries (assumptions there)
     macs = d.macs(o, tensors, batch) if d.macs is not None else 0
-    work = d.work(o, tensors, batch) if d.work is not None else _elements(o.shape, batch)
+    work = d.work(o, tensors, batch) if d.work is not None else elements(o.shape, batch)
     elem = work * d.element_ops
     int16 = any(tensors[i][1] > 8 for i in o.inputs) and macs > 0
     where = "host" if o.kind in spec.host_ops else "view" if is_view(o, tensors) else "chip"

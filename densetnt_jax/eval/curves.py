@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-STAGES = ("float", "calibration", "qat", "int")
+from densetnt_jax.workdir import STAGES
+
 STAGE_COLORS = {"float": "#1f77b4", "calibration": "#9467bd", "qat": "#ff7f0e", "int": "#d62728"}
 CV_COLOR = "#7f7f7f"
 BAR_METRICS = ("minADE_k6", "minFDE_k6", "MR_k6", "brier_minFDE_k6")

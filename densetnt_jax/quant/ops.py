@@ -104,7 +104,8 @@ def interp_bound(table, frac_bits: int) -> int:
   return int(np.max(np.abs(np.diff(t)))) * (2**frac_bits - 1) + 2**(frac_bits - 1)
 
 
-def _elements(shape: tuple, batch: int) -> int:
+def elements(shape: tuple, batch: int) -> int:
+  """Number of elements of a tensor of `shape` (batch axis None) at `batch`."""
   return int(np.prod([batch if d is None else d for d in shape], dtype=np.int64))
 
 
@@ -344,21 +345,21 @@ def _matmul_shape_problems(op, ins):
 
 # ---------------------------------------------------------------------------------------------- the costs
 def _dense_macs(op, tensors, batch):
-  return _elements(op.shape, batch) * op.consts["w_q"].shape[0]
+  return elements(op.shape, batch) * op.consts["w_q"].shape[0]
 
 
 def _matmul_macs(op, tensors, batch):
-  return _elements(op.shape, batch) * op.attrs["k"]
+  return elements(op.shape, batch) * op.attrs["k"]
 
 
 def _input_elements(op, tensors, batch):
   """Reductions read every input element."""
-  return _elements(tensors[op.inputs[0]][0], batch)
+  return elements(tensors[op.inputs[0]][0], batch)
 
 
 def _points_x_seeds(op, tensors, batch):
   """dense_grid_mask checks every output point against every seed."""
-  return _elements(op.shape, batch) * tensors[op.inputs[0]][0][-2]
+  return elements(op.shape, batch) * tensors[op.inputs[0]][0][-2]
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -412,7 +413,7 @@ _TABLE = (
     _glue("broadcast_to", 1, ("shape",),
           lambda op, c, xs, h: jnp.broadcast_to(xs[0], _batch_shape(op.attrs["shape"], xs[0]))),
     _glue("index", 1, ("index",), lambda op, c, xs, h: xs[0][op.attrs["index"]], element_ops=0,
-          is_view=lambda op, tensors: _elements(op.shape, 1) == _elements(tensors[op.inputs[0]][0], 1)),
+          is_view=lambda op, tensors: elements(op.shape, 1) == elements(tensors[op.inputs[0]][0], 1)),
     _glue("concatenate", None, ("axis",), lambda op, c, xs, h: jnp.concatenate(xs, axis=op.attrs["axis"]),
           joins_codes=True),
     _glue("tile", 1, ("reps",), lambda op, c, xs, h: jnp.tile(xs[0], op.attrs["reps"])),
