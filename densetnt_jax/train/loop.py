@@ -194,6 +194,23 @@ def stage_train_config(config: ml_collections.ConfigDict, stage: str) -> ml_coll
   return t
 
 
+def _resume(latest, state, steps_per_epoch: int, mesh):
+  """(step, state) from the newest intact checkpoint of `latest`, or (0, state) for a fresh run."""
+  restored = ckpt.restore_newest_intact(latest, state.params, state.opt_state, state.quant)
+  if restored is None:
+    return 0, state
+  params, opt_state, meta = restored[0], restored[1], restored[-1]
+  if meta["steps_per_epoch"] != steps_per_epoch:
+    raise ValueError(f"{latest.directory} was trained with {meta['steps_per_epoch']} steps per epoch, the "
+                     f"config and data give {steps_per_epoch}: resuming would change the schedule; use a "
+                     "new --workdir")
+  step = int(meta["step"])
+  state = state.replace(step=replicate(np.asarray(step, np.asarray(state.step).dtype), mesh),
+                        params=params, opt_state=opt_state, quant=restored[2] if len(restored) == 4 else None)
+  logging.info("resumed from %s at step %d", latest.directory, step)
+  return step, state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage: str = "float",
                        params=None, quant=None, train_config: ml_collections.ConfigDict | None = None,
                        stop_after_steps: int | None = None) -> dict:
@@ -238,23 +255,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
 
   latest = ckpt.latest_manager(checkpoint_dir(workdir, stage, "latest"), t.keep_checkpoints)
   best = ckpt.best_manager(checkpoint_dir(workdir, stage, "best"))
-  step = 0
   try:
-    restored = ckpt.restore_newest_intact(latest, state.params, state.opt_state, state.quant)
-  except ckpt.CheckpointError:
+    step, state = _resume(latest, state, steps_per_epoch, mesh)
+  except BaseException:          # the run stops before its loop: the managers' threads must not outlive it
     latest.close()
     best.close()
     raise
-  if restored is not None:
-    params, opt_state, meta = restored[0], restored[1], restored[-1]
-    if meta["steps_per_epoch"] != steps_per_epoch:
-      raise ValueError(f"{latest.directory} was trained with {meta['steps_per_epoch']} steps per epoch, the "
-                       f"config and data give {steps_per_epoch}: resuming would change the schedule; use a "
-                       "new --workdir")
-    step = int(meta["step"])
-    state = state.replace(step=replicate(np.asarray(step, np.asarray(state.step).dtype), mesh),
-                          params=params, opt_state=opt_state, quant=restored[2] if len(restored) == 4 else None)
-    logging.info("resumed from %s at step %d", latest.directory, step)
   log = MetricsLog(stage_dir, bool(t.tensorboard), step)
   predict_fn = stage_predict_fn(stage, model=model, mesh=mesh)
   final: dict = {}
@@ -271,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
     del pending[:upto]
 
   bar = progress_bar(total=total_steps, initial=step, desc=f"train {stage}", unit="step",
-             disable=jax.process_index() != 0, dynamic_ncols=True)
+                     disable=jax.process_index() != 0, dynamic_ncols=True)
   try:
     pending, window, window_start, wait_s = [], [], time.perf_counter(), 0.0
     for epoch in range(step // steps_per_epoch, t.epochs):
