@@ -13,6 +13,7 @@ from densetnt_jax.deploy import onnx_export as X
 from densetnt_jax.deploy import onnx_ops
 from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import arith as A
+from densetnt_jax.quant.ops import TensorFacts
 
 
 def _op_types(proto):
@@ -106,31 +107,37 @@ def test_qdq_export_within_lsb_bar(tiny_quant):
   assert 0 < res["outputs"]["topk_trajs_BxNxFx2"]["max_lsb"] <= t["config"].export.qdq_max_lsb
 
 
-def _run_graph(nodes_fn, feeds: dict) -> np.ndarray:
+def _run_graph(kernel, feeds: dict) -> np.ndarray:
+  """`kernel` (an arith function) on ONNX tensors fed with `feeds`, run in onnxruntime."""
   e = onnx_ops.Emitter()
-  out = nodes_fn(e, *feeds)
-  e.node("Identity", [out], outputs="y")
+  xp = onnx_ops.OnnxNamespace(e)
+  syms = [xp.sym(k, TensorFacts(v.shape, v.dtype.name, 0)) for k, v in feeds.items()]
+  e.node("Identity", [kernel(*syms)], outputs="y")
   inputs = [onnx_ops.value_info(k, v.shape, v.dtype) for k, v in feeds.items()]
   proto = e.model(inputs, [helper.make_empty_tensor_value_info("y")], opset=21, name="t")
   return C.run_onnx(C.make_session(proto), feeds)["y"]
 
 
-def test_integer_kernels_match_arith_on_edge_values():
-  """mul_shift (static and per-row shifts), rshift_round up to 31 and bit_length against arith."""
+def test_integer_kernels_on_onnx_match_jax_on_edge_values():
+  """arith's mul_shift (static and per-row shifts), rshift_round up to 31 and bit_length emitted on ONNX tensors
+  give what they give on jnp arrays."""
   rng = np.random.default_rng(0)
   v = np.concatenate([rng.integers(-2**31, 2**31, 400), [-2**31, 2**31 - 1, -1, 0, 1, 2**16, -2**16, 32767]])
   v = v.astype(np.int32)[:, None]
   s = np.arange(0, 50, dtype=np.int32)[None, :]
   m = np.int32(-23117)
   want = np.asarray(A.mul_shift(v, m, s))
-  got = _run_graph(lambda e, v_, s_: onnx_ops.mul_shift(e, v_, m, s_), {"v": v, "s": s})
+  got = _run_graph(lambda v_, s_: A.mul_shift(v_, m, s_), {"v": v, "s": s})
   np.testing.assert_array_equal(got, want)
   for shift in (0, 7, 16, 23, 46, 47):                        # static shifts fold into constants
-    got = _run_graph(lambda e, v_: onnx_ops.mul_shift(e, v_, m, np.int32(shift)), {"v": v})
+    got = _run_graph(lambda v_: A.mul_shift(v_, m, np.int32(shift)), {"v": v})
     np.testing.assert_array_equal(got, np.asarray(A.mul_shift(v, m, shift)))
+    if shift >= 17:                                           # the hinted one-branch form
+      got = _run_graph(lambda v_: A.mul_shift(v_, m, np.int32(shift), min_shift=17), {"v": v})
+      np.testing.assert_array_equal(got, np.asarray(A.mul_shift(v, m, shift)))
   k = np.arange(0, 32, dtype=np.int32)[None, :]
-  got = _run_graph(lambda e, v_, k_: onnx_ops.rshift_round(e, v_, k_), {"v": v, "k": k})
+  got = _run_graph(A.rshift_round, {"v": v, "k": k})
   np.testing.assert_array_equal(got, np.asarray(A.rshift_round(v, k)))
   u = np.minimum(np.abs(v[:, 0].astype(np.int64)), 2**31 - 1).astype(np.int32)
-  got = _run_graph(lambda e, u_: onnx_ops.bit_length(e, u_), {"u": u})
+  got = _run_graph(A.bit_length, {"u": u})
   np.testing.assert_array_equal(got, np.asarray(A.bit_length(u)))

@@ -28,6 +28,7 @@ import onnx
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_ops import Emitter
 from densetnt_jax.quant import convert, init_quant_state
+from densetnt_jax.quant.ops import TensorFacts
 from densetnt_jax.quant.program import Program
 
 OUTPUT_ROLES = ("goal_logprobs_BxG", "topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
@@ -42,24 +43,26 @@ def opset_of(config) -> int:
   return int(config.export.get("opset", DEFAULT_OPSET))
 
 
-def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: str,
+def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: str, codes_as_int: bool = False,
            extra_outputs: tuple = (), host: tuple = (), handed: tuple = ()) -> onnx.ModelProto:
-  """Walks the program's ops through `emit_op(e, op, xs, in_shapes) -> tensor`; `out_value(e, op, t) ->
-  (tensor, dtype)` turns an output tensor into the graph output; `extra_outputs`: op names exposed too.
+  """Walks the program's ops through `emit_op(e, op, xs, ins) -> tensor` (ins: the inputs' TensorFacts, code
+  tensors int32 when `codes_as_int`, else float32); `out_value(e, op, t) -> (tensor, dtype)` turns an output
+  tensor into the graph output; `extra_outputs`: op names exposed too.
   `host`: ops left to the host (not emitted; roles they produce are not graph outputs); `handed`: tensors the
   graph hands to them, output as `host/<name>` (codes int32, as the interpreter's kernels read them)."""
   e = Emitter()
-  env, shapes, inputs = {}, {}, []
+  env, facts, inputs = {}, {}, []
   for tname, (shape, dtype) in program.inputs.items():
     field = tname.split("/", 1)[1]
-    env[tname], shapes[tname] = field, tuple(shape)
+    env[tname], facts[tname] = field, TensorFacts(tuple(shape), str(np.dtype(dtype)), 0)
     inputs.append(ops.value_info(field, shape, dtype))
   for op in program.ops:
     if op.name in host:
       continue
     e.scope = op.name
-    env[op.name] = emit_op(e, op, [env[i] for i in op.inputs], [shapes[i] for i in op.inputs])
-    shapes[op.name] = tuple(op.shape)
+    env[op.name] = emit_op(e, op, [env[i] for i in op.inputs], [facts[i] for i in op.inputs])
+    facts[op.name] = TensorFacts(tuple(op.shape), "int32" if op.bits and codes_as_int else op.dtype, op.bits)
+  shapes = {k: f.shape for k, f in facts.items()}
   e.scope = "outputs"
   outputs = []
   for tname in handed:
@@ -85,20 +88,20 @@ def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: 
 
 
 # ------------------------------------------------------------------------------------------- the three forms
-def _float_op(e: Emitter, op, xs, in_shapes, ctx: ops.QuantCtx):
+def _float_op(e: Emitter, op, xs, ins, ctx: ops.QuantCtx):
   """One program op in float (the float params by op name), as its kind's entry in `onnx_ops.ONNX_OPS` emits it."""
-  return ops.onnx_op(op, "float").float(e, op, xs, in_shapes, ctx)
+  return ops.onnx_op(op, "float").float(e, op, xs, ins, ctx)
 
 
-def _qdq_op(e: Emitter, op, xs, in_shapes, ctx: ops.QuantCtx):
+def _qdq_op(e: Emitter, op, xs, ins, ctx: ops.QuantCtx):
   """One program op in QDQ: its float form with QuantizeLinear -> DequantizeLinear at quantization points, int8
   weights (`OnnxOpDef.emit_qdq`); glue and the grid ops on the codes behind a DequantizeLinear (ctx.codes)."""
-  return ops.onnx_op(op, "qdq").emit_qdq(e, op, xs, in_shapes, ctx)
+  return ops.onnx_op(op, "qdq").emit_qdq(e, op, xs, ins, ctx)
 
 
-def _int_op(e: Emitter, op, xs, in_shapes):
-  """One program op on int32 codes, as interpreter._kernel runs it with arith."""
-  return ops.onnx_op(op, "int").int(e, op, xs, in_shapes)
+def _int_op(e: Emitter, op, xs, ins):
+  """One program op on int32 codes: its kernel (the interpreter's), emitted on ONNX tensors."""
+  return ops.onnx_op(op, "int").int(e, op, xs, ins)
 
 
 def _float_out(e, op, t):
@@ -147,7 +150,8 @@ def export_int(program: Program, config=None, *, codes: bool = False) -> onnx.Mo
   every code op's int32 codes as `codes/<op name>` (what run_program's return_codes gives)."""
   extra = tuple(program.code_ops()) if codes else ()
   host, handed = program.host_part()
-  return _build(program, _int_op, _int_out, opset=opset_of(config), name="densetnt_int", extra_outputs=extra,
+  return _build(program, _int_op, _int_out, opset=opset_of(config), name="densetnt_int", codes_as_int=True,
+                extra_outputs=extra,
                 host=tuple(host), handed=tuple(handed),
                 doc="DenseTNT integer program (int8/int16 codes, int32 requant, LUTs) up to the top-k goals; "
                 "NMS on the host")

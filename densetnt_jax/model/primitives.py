@@ -16,6 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import fakequant as FQ
@@ -180,12 +181,12 @@ def masked_fill(x: jax.Array, mask: jax.Array, value: float = 0.0) -> jax.Array:
 
 def grid_lattice(x: jax.Array, spacing: float) -> jax.Array:
   """Nearest lattice index (float, ties up) of metres: floor(x * (1 / spacing) + 0.5)."""
-  return jnp.floor(x * jnp.float32(1.0 / spacing) + 0.5)
+  return A.namespace(x).floor(x * np.float32(1.0 / spacing) + 0.5)
 
 
 def dense_grid(seeds_BxMx2: jax.Array, spacing: float, radius: int) -> jax.Array:
   """(B, M*D, 2) metres: the square lattice grid of half-width `radius` around each seed (arith.dense_grid)."""
-  return A.lattice_points(grid_lattice(seeds_BxMx2, spacing), radius) * jnp.float32(spacing)
+  return A.lattice_points(grid_lattice(seeds_BxMx2, spacing), radius) * np.float32(spacing)
 
 
 def dense_grid_mask(seeds_BxMx2: jax.Array, seed_valid_BxM: jax.Array, spacing: float, radius: int) -> jax.Array:

@@ -44,6 +44,50 @@ def _dtype(bits: int):
   raise ValueError(f"codes wider than 16 bits are not supported; got bits={bits}")
 
 
+# ------------------------------------------------------------------------------------------ namespace
+# The integer kernels below are written once, with operators (+ - * >> << & comparisons) and the functions of
+# an array namespace `xp` taken from their operands: jax.numpy (`JNP`) in the interpreter and the fake-quant
+# forms, the ONNX graph builder (`deploy/onnx_ops.OnnxNamespace`, whose tensors carry `.xp`) in the integer
+# ONNX export. Besides jnp's names a namespace has the three primitives the two spell differently:
+class _JnpNamespace:
+  """jax.numpy, plus `bit_length`, `code_matmul` (the native integer matmul), `top_k_indices` and
+  `exact_multiply` (one float32 product, never rewritten)."""
+  wide_matmul = True        # int16 x int16 dots are native (ONNX has MatMulInteger on 8-bit operands only)
+
+  def __getattr__(self, name: str):
+    return getattr(jnp, name)
+
+  @staticmethod
+  def bit_length(v):
+    return 32 - jax.lax.clz(jnp.asarray(v, jnp.int32))
+
+  @staticmethod
+  def code_matmul(a_q, b_q, bits: int):
+    """a @ b of `bits`-wide codes (numpy matmul axes), exact int32 sums."""
+    return jnp.matmul(a_q.astype(_dtype(bits)), b_q.astype(_dtype(bits)), preferred_element_type=jnp.int32)
+
+  @staticmethod
+  def top_k_indices(x, k: int):
+    return jax.lax.top_k(x, k)[1]
+
+  @staticmethod
+  def exact_multiply(a, b):
+    """float32 a * b that XLA can neither fold, reassociate nor contract (see `fmul`)."""
+    return _pin(_pin(a) * _pin(b))
+
+
+JNP = _JnpNamespace()
+
+
+def namespace(*arrays):
+  """The array namespace of a kernel's operands: the first one's that carries one (`.xp`), else `JNP`."""
+  for a in arrays:
+    xp = getattr(a, "xp", None) if not isinstance(a, (jax.Array, np.ndarray, int, float)) else None
+    if xp is not None:
+      return xp
+  return JNP
+
+
 # --------------------------------------------------------------------------------------------- scales
 # Float arithmetic on scales must give the same bits eagerly (the converter), under jit (QAT) and in numpy /
 # ONNX, or the two sides derive different integers. XLA's simplifier breaks that: it rewrites x / broadcast(s)
@@ -58,7 +102,7 @@ def _pin(x) -> jax.Array:
 
 def fmul(a, b) -> jax.Array:
   """a * b in float32, computed exactly as written (no reassociation, no FMA contraction) in every context."""
-  return _pin(_pin(a) * _pin(b))
+  return namespace(a, b).exact_multiply(a, b)
 
 
 def reciprocal(s) -> jax.Array:
@@ -75,8 +119,8 @@ def pow2(n) -> jax.Array:
 def round_half_up(v: jax.Array) -> jax.Array:
   """floor(v + 0.5) for every float32 v, exactly: v + 0.5 itself rounds (half to even) once |v| >= 2^23,
   which moved bias codes near 9e6 by 1 between jit and eager; v - floor(v) is exact for all v."""
-  f = jnp.floor(v)
-  return f + (v - f >= 0.5).astype(jnp.float32)
+  f = namespace(v).floor(v)
+  return f + (v - f >= 0.5).astype(np.float32)
 
 
 def activation_scale(absmax, bits: int) -> jax.Array:
@@ -102,7 +146,7 @@ def quantize(x: jax.Array, scale, bits: int, narrow: bool = False) -> jax.Array:
   qmin, qmax = qrange(bits)
   qmin = qmin + 1 if narrow else qmin
   q = round_half_up(fmul(x, reciprocal(scale)))
-  return jnp.clip(q, qmin, qmax).astype(jnp.int32)
+  return namespace(q).clip(q, qmin, qmax).astype(np.int32)
 
 
 def dequantize(q: jax.Array, scale) -> jax.Array:
@@ -145,10 +189,10 @@ def rshift_round(v: jax.Array, k) -> jax.Array:
 
   With v = a * 2^k + b (0 <= b < 2^k): (v + 2^(k-1)) >> k = a + [b >= 2^(k-1)] = (v >> k) + ((v >> (k-1)) & 1).
   """
-  v = jnp.asarray(v, jnp.int32)
-  k = jnp.asarray(k, jnp.int32)
-  half_bit = jnp.right_shift(v, jnp.maximum(k - 1, 0)) & 1
-  return jnp.where(k > 0, jnp.right_shift(v, k) + half_bit, v)
+  xp = namespace(v, k)
+  v, k = xp.asarray(v, xp.int32), xp.asarray(k, xp.int32)
+  half_bit = (v >> xp.maximum(k - 1, 0)) & 1
+  return xp.where(k > 0, (v >> k) + half_bit, v)
 
 
 def mul_shift(v: jax.Array, mult, shift, min_shift: int = 0) -> jax.Array:
@@ -164,26 +208,24 @@ def mul_shift(v: jax.Array, mult, shift, min_shift: int = 0) -> jax.Array:
   `min_shift`: a static lower bound of every shift (the interpreter reads it off the program's constants);
   >= 17 skips the s <= 16 branches (the same integers, a third of the work). 0: no bound known.
   """
-  v = jnp.asarray(v, jnp.int32)
-  m = jnp.asarray(mult, jnp.int32)
-  s = jnp.asarray(shift, jnp.int32)
+  xp = namespace(v, mult, shift)
+  v, m, s = (xp.asarray(u, xp.int32) for u in (v, mult, shift))
   lo = v & 0xFFFF
-  hi = jnp.right_shift(v, 16)
+  hi = v >> 16
   lm = lo * m
-  a = hi * m + jnp.right_shift(lm, 16)
+  a = hi * m + (lm >> 16)
   if min_shift >= 17:
-    e = jnp.minimum(s - 16, MAX_SHIFT - 16)
-    return jnp.where(s > MAX_SHIFT, 0, jnp.right_shift(a + jnp.left_shift(1, e - 1), e))
+    e = xp.minimum(s - 16, MAX_SHIFT - 16)
+    return xp.where(s > MAX_SHIFT, 0, (a + (1 << (e - 1))) >> e)
   rr = lm & 0xFFFF
-  s_lo = jnp.clip(s, 0, 15)
-  a_sat = jnp.clip(a, -2**15, 2**15 - 1)
-  res_lo = jnp.left_shift(a_sat, 16 - s_lo) + jnp.right_shift(rr + jnp.right_shift(jnp.left_shift(1, s_lo), 1),
-                                                              s_lo)
-  e = jnp.clip(s - 16, 0, MAX_SHIFT - 16)
-  rnd_hi = jnp.where(e == 0, jnp.right_shift(rr + 2**15, 16), jnp.left_shift(1, jnp.maximum(e - 1, 0)))
-  res_hi = jnp.right_shift(a + rnd_hi, e)
-  res = jnp.where(s < 16, res_lo, res_hi)
-  return jnp.where(s > MAX_SHIFT, 0, res)
+  s_lo = xp.clip(s, 0, 15)
+  a_sat = xp.clip(a, -2**15, 2**15 - 1)
+  res_lo = (a_sat << (16 - s_lo)) + ((rr + ((1 << s_lo) >> 1)) >> s_lo)
+  e = xp.clip(s - 16, 0, MAX_SHIFT - 16)
+  rnd_hi = xp.where(e == 0, (rr + 2**15) >> 16, 1 << xp.maximum(e - 1, 0))
+  res_hi = (a + rnd_hi) >> e
+  res = xp.where(s < 16, res_lo, res_hi)
+  return xp.where(s > MAX_SHIFT, 0, res)
 
 
 class RequantHint(NamedTuple):
@@ -207,12 +249,12 @@ def requantize(v: jax.Array, rq: Requant, bits: int, lower: int | None = None,
   if hint.pre_shift:
     v = rshift_round(v, rq.pre_shift)
   y = mul_shift(v, rq.multiplier, rq.shift, hint.min_shift)
-  return jnp.clip(y, qmin if lower is None else lower, qmax)
+  return namespace(y).clip(y, qmin if lower is None else lower, qmax)
 
 
 def bit_length(v: jax.Array) -> jax.Array:
   """Number of significant bits of a non-negative int32 (0 for 0); ONNX: ReduceSum(v >= 2^j, j = 0..30)."""
-  return 32 - jax.lax.clz(jnp.asarray(v, jnp.int32))
+  return namespace(v).bit_length(v)
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -221,12 +263,13 @@ def interp(table: jax.Array, u: jax.Array, frac_bits: int) -> jax.Array:
 
   i = u >> fb, f = u & (2^fb - 1). |T[i+1] - T[i]| * f < 2^16 * 2^fb: safe for fb <= 14.
   """
+  xp = namespace(u)
   n = table.shape[0]
-  i = jnp.clip(jnp.right_shift(u, frac_bits), 0, n - 1)
+  i = xp.clip(u >> frac_bits, 0, n - 1)
   f = u & (2**frac_bits - 1)
-  t0 = jnp.take(table, i)
-  t1 = jnp.take(table, jnp.minimum(i + 1, n - 1))
-  return t0 + jnp.right_shift((t1 - t0) * f + 2**(frac_bits - 1), frac_bits)
+  t0 = xp.take(table, i)
+  t1 = xp.take(table, xp.minimum(i + 1, n - 1))
+  return t0 + (((t1 - t0) * f + 2**(frac_bits - 1)) >> frac_bits)
 
 
 # exp over [-12, 0]: int16 t in [-32768, 0] at scale 12 / 2^15, 8 segments x 64 entries (512 intervals of
@@ -323,42 +366,36 @@ def dense_params(w_KxN, b_N, x_scale, y_scale, x_bits: int = 8, w_bits: int = 8,
   return DenseParams(w_q, b_q, requant_params(fmul(s_acc, reciprocal(y_scale)), pre))
 
 
-def _dot8(a, b, dims):
-  return jax.lax.dot_general(a.astype(jnp.int8), b.astype(jnp.int8), dims, preferred_element_type=jnp.int32)
-
-
-def int_dot(a_q: jax.Array, b_q: jax.Array, a_bits: int, b_bits: int, dims) -> jax.Array:
-  """lax.dot_general on narrowed codes with an int32 result (MatMulInteger); the callers bound the sum.
-
-  int16 x int8 runs as int8 x int8 dots on the bytes of the int16 side, a = 256 hi + (lo - 128) + 128:
-  256 (hi . b) + ((lo - 128) . b) + 128 (1 . b), with lo in [0, 255]. The same integers (int32 wraps mod 2^32
-  and the total fits), 6x faster on this CPU (4.3 vs 25 ms for 16k x 128 @ 128), where int8 dots are the
-  fast path. ONNX: three MatMulInteger (or one int16 MatMul where supported).
+def int_matmul(a_q, b_q, a_bits: int, b_bits: int):
+  """Exact int32 a @ b of int8/int16 codes (numpy matmul axes: leading axes batch, a 2-D b shared); the callers
+  bound the sum. An int16 operand against an int8 one (or any int16 one where the namespace has no wide
+  matmul: ONNX's MatMulInteger is 8-bit) runs as int8 dots on its bytes, a = 256 hi + (lo - 128) + 128:
+  256 (hi . b) + ((lo - 128) . b) + 128 (1 . b), lo in [0, 255]. The same integers (int32 wraps mod 2^32 and
+  the total fits), 6x faster on this CPU (4.3 vs 25 ms for 16k x 128 @ 128), where int8 dots are the fast path.
   """
-  (ca, cb), (ba, bb) = dims
-  if (a_bits > 8) == (b_bits > 8):
-    return jax.lax.dot_general(a_q.astype(_dtype(a_bits)), b_q.astype(_dtype(b_bits)), dims,
-                               preferred_element_type=jnp.int32)
-  wide_is_a = a_bits > 8
-  x, keep = (a_q, set(ca) | set(ba)) if wide_is_a else (b_q, set(cb) | set(bb))
-  hi, lo = jnp.right_shift(x, 8), (x & 255) - 128
-  ones = jnp.ones([d if i in keep else 1 for i, d in enumerate(x.shape)], jnp.int8)
-  dot = (lambda u: _dot8(u, b_q, dims)) if wide_is_a else (lambda u: _dot8(a_q, u, dims))
-  return 256 * dot(hi) + dot(lo) + 128 * dot(ones)
+  xp = namespace(a_q, b_q)
+  if a_bits > 8 and (b_bits <= 8 or not xp.wide_matmul):
+    hi, lo = a_q >> 8, (a_q & 255) - 128
+    return (256 * int_matmul(hi, b_q, 8, b_bits) + int_matmul(lo, b_q, 8, b_bits)
+            + 128 * xp.sum(b_q, axis=-2, keepdims=True))
+  if b_bits > 8 and (a_bits <= 8 or not xp.wide_matmul):
+    hi, lo = b_q >> 8, (b_q & 255) - 128
+    return (256 * int_matmul(a_q, hi, a_bits, 8) + int_matmul(a_q, lo, a_bits, 8)
+            + 128 * xp.sum(a_q, axis=-1, keepdims=True))
+  return xp.code_matmul(a_q, b_q, max(a_bits, b_bits))
 
 
 def dense(x_q: jax.Array, p: DenseParams, y_bits: int = 8, x_bits: int = 8, w_bits: int = 8,
           relu: bool = False, hint: RequantHint = NO_HINT) -> jax.Array:
   """y = requant(x_q @ w_q + b_q) per output channel, saturated to y_bits (clipped at 0 with a fused ReLU)."""
-  dims = (((x_q.ndim - 1,), (0,)), ((), ()))
-  acc = int_dot(x_q, p.w_q, x_bits, w_bits, dims) + p.b_q
+  acc = int_matmul(x_q, p.w_q, x_bits, w_bits) + p.b_q
   return requantize(acc, p.rq, y_bits, lower=0 if relu else None, hint=hint)
 
 
 # --------------------------------------------------------------------------------- pointwise / pooling
 def relu(x_q: jax.Array) -> jax.Array:
   """max(x, 0) on the codes; the scale passes through."""
-  return jnp.maximum(x_q, 0)
+  return namespace(x_q).maximum(x_q, 0)
 
 
 def masked_max(x_q: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:
@@ -366,14 +403,14 @@ def masked_max(x_q: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:
 
   Masked entries become INT32_MIN, below every int16 code, so they never win; no negation anywhere.
   """
-  mask = jnp.broadcast_to(mask, x_q.shape)
-  v = jnp.max(jnp.where(mask, x_q, INT32_MIN), axis=axis)
-  return jnp.where(jnp.any(mask, axis=axis), v, 0)
+  xp = namespace(x_q, mask)
+  v = xp.max(xp.where(mask, x_q, INT32_MIN), axis=axis)
+  return xp.where(xp.any(mask, axis=axis), v, 0)
 
 
 def masked_fill(x_q: jax.Array, mask: jax.Array, value_q: int = 0) -> jax.Array:
   """x where mask else a constant code (0 for a zero fill at any scale)."""
-  return jnp.where(mask, x_q, value_q)
+  return namespace(x_q, mask).where(mask, x_q, value_q)
 
 
 # ------------------------------------------------------------------------------------------- matmul
@@ -409,11 +446,9 @@ def matmul(a_q: jax.Array, b_q: jax.Array, rq: Requant, y_bits: int = 8, a_bits:
   ka, kb = matmul_pre_shifts(k, a_bits, b_bits)
   a_q = rshift_round(a_q, ka)
   b_q = rshift_round(b_q, kb)
-  nb = a_q.ndim - 2
-  batch = tuple(range(nb))
-  contract_b = b_q.ndim - 1 if transpose_b else b_q.ndim - 2
-  acc = int_dot(a_q, b_q, a_bits, b_bits, (((a_q.ndim - 1,), (contract_b,)), (batch, batch)))
-  return requantize(acc, rq, y_bits, hint=hint)
+  if transpose_b:
+    b_q = namespace(b_q).swapaxes(b_q, -1, -2)
+  return requantize(int_matmul(a_q, b_q, a_bits, b_bits), rq, y_bits, hint=hint)
 
 
 # ------------------------------------------------------------------------------------------ softmax
@@ -435,21 +470,24 @@ def softmax(x_q: jax.Array, p: SoftmaxParams, mask: jax.Array | None = None, y_b
   gives 32767, so a row with a valid entry has S >= 2^15 - 1) -> S = sum e (<= N * 32767 < 2^31) ->
   S = m 2^k, m in [2^14, 2^15) -> r = 2^29 / m by table -> e * r (< 2^30) -> requant with shift + k.
   """
-  valid = jnp.ones(x_q.shape, bool) if mask is None else jnp.broadcast_to(mask, x_q.shape)
-  any_valid = jnp.any(valid, axis=-1, keepdims=True)
-  mx = jnp.max(jnp.where(valid, x_q, INT32_MIN), axis=-1, keepdims=True)
-  mx = jnp.where(any_valid, mx, 0)
-  d = jnp.minimum(x_q - mx, 0)                    # masked entries may exceed the max: clamp, zeroed below
-  t = jnp.clip(mul_shift(d, p.rq_t.multiplier, p.rq_t.shift), -2**15, 0)
-  e = interp(jnp.asarray(EXP_TABLE), t + 2**15, EXP_FRAC_BITS)
-  e = jnp.where(valid, e, 0)
-  s = jnp.sum(e, axis=-1, keepdims=True)
-  k = jnp.maximum(bit_length(s) - 15, 0)
-  m = jnp.right_shift(s, k)                       # in [2^14, 2^15) when any entry is valid
-  r = interp(jnp.asarray(RECIP_TABLE), jnp.clip(m - 2**14, 0, 2**14), RECIP_FRAC_BITS)
+  xp = namespace(x_q, mask)
+  if mask is None:
+    mx = xp.max(x_q, axis=-1, keepdims=True)
+  else:
+    valid = xp.broadcast_to(mask, x_q.shape)
+    mx = xp.max(xp.where(valid, x_q, INT32_MIN), axis=-1, keepdims=True)
+    mx = xp.where(xp.any(valid, axis=-1, keepdims=True), mx, 0)
+  d = xp.minimum(x_q - mx, 0)                     # masked entries may exceed the max: clamp, zeroed below
+  t = xp.clip(mul_shift(d, p.rq_t.multiplier, p.rq_t.shift), -2**15, 0)
+  e = interp(EXP_TABLE, t + 2**15, EXP_FRAC_BITS)
+  if mask is not None:
+    e = xp.where(valid, e, 0)
+  s = xp.sum(e, axis=-1, keepdims=True)
+  k = xp.maximum(bit_length(s) - 15, 0)
+  m = s >> k                                      # in [2^14, 2^15) when any entry is valid
+  r = interp(RECIP_TABLE, xp.clip(m - 2**14, 0, 2**14), RECIP_FRAC_BITS)
   y = mul_shift(e * r, p.rq_y.multiplier, p.rq_y.shift + k, hint.min_shift)   # k >= 0: the hint holds
-  _, qmax = qrange(y_bits)
-  return jnp.clip(y, 0, qmax)
+  return xp.clip(y, 0, qrange(y_bits)[1])
 
 
 # ---------------------------------------------------------------------------------------- layernorm
@@ -504,21 +542,22 @@ def layernorm(x_q: jax.Array, p: LayerNormParams, y_bits: int = 8, hint: Requant
   codes (22 int8 LSB against float); this form measures <= 1 int8 LSB and 3-15 int16 LSB (<= 5e-4 relative:
   C x - sum x is constant mod C, so the squares' rounding is correlated along a row and does not average out).
   """
+  xp = namespace(x_q)
   c = x_q.shape[-1]
-  big_d = x_q * c - jnp.sum(x_q, axis=-1, keepdims=True)
-  dmax = jnp.maximum(jnp.max(big_d, axis=-1, keepdims=True), -jnp.min(big_d, axis=-1, keepdims=True))
-  kd = jnp.maximum(bit_length(dmax) - 15, 0)
-  d = jnp.clip(rshift_round(big_d, kd), -2**15, 2**15 - 1)
-  h = jnp.maximum(bit_length(jnp.minimum(rshift_round(dmax, kd), 2**15 - 1)) - 7, 0)
+  big_d = x_q * c - xp.sum(x_q, axis=-1, keepdims=True)
+  dmax = xp.maximum(xp.max(big_d, axis=-1, keepdims=True), -xp.min(big_d, axis=-1, keepdims=True))
+  kd = xp.maximum(bit_length(dmax) - 15, 0)
+  d = xp.clip(rshift_round(big_d, kd), -2**15, 2**15 - 1)
+  h = xp.maximum(bit_length(xp.minimum(rshift_round(dmax, kd), 2**15 - 1)) - 7, 0)
   sq = rshift_round(d * d, 2 * h)
-  sh = p.eps_e - 2 * (kd + h)
-  eps_row = jnp.where(sh >= 16, 2**30, jnp.minimum(jnp.left_shift(p.eps_m, jnp.clip(sh, 0, 15)), 2**30))
-  eps_row = jnp.where(sh < 0, rshift_round(p.eps_m, jnp.minimum(-sh, 31)), eps_row)
-  v = jnp.maximum(jnp.sum(sq, axis=-1, keepdims=True) + eps_row, 1)
-  k = jnp.right_shift(bit_length(v) - 14, 1)                # floor((nb - 14) / 2), in [-7, 8]
-  m = jnp.where(k >= 0, rshift_round(v, 2 * jnp.maximum(k, 0)), jnp.left_shift(v, -2 * jnp.minimum(k, 0)))
-  r = interp(jnp.asarray(RSQRT_TABLE), jnp.clip(m - 2**13, 0, 3 * 2**13), RSQRT_FRAC_BITS)
-  z = jnp.clip(mul_shift(d * r, p.rq_z.multiplier, p.rq_z.shift + k + h), -2**15, 2**15 - 1)
+  sh = xp.subtract(p.eps_e, 2 * (kd + h))
+  eps_row = xp.where(sh >= 16, 2**30, xp.minimum(xp.left_shift(p.eps_m, xp.clip(sh, 0, 15)), 2**30))
+  eps_row = xp.where(sh < 0, rshift_round(p.eps_m, xp.minimum(-sh, 31)), eps_row)
+  v = xp.maximum(xp.sum(sq, axis=-1, keepdims=True) + eps_row, 1)
+  k = (bit_length(v) - 14) >> 1                             # floor((nb - 14) / 2), in [-7, 8]
+  m = xp.where(k >= 0, rshift_round(v, 2 * xp.maximum(k, 0)), v << (-2 * xp.minimum(k, 0)))
+  r = interp(RSQRT_TABLE, xp.clip(m - 2**13, 0, 3 * 2**13), RSQRT_FRAC_BITS)
+  z = xp.clip(mul_shift(d * r, p.rq_z.multiplier, xp.add(p.rq_z.shift, k + h)), -2**15, 2**15 - 1)
   acc = rshift_round(z * p.g_q, LN_PRE_SHIFT) + p.b_q
   return requantize(acc, p.rq_y, y_bits, hint=hint)
 
@@ -565,7 +604,7 @@ MASK_NEG_Q = -100   # the additive mask at scale 1: fits int8
 def mask_add(x_q: jax.Array, mask: jax.Array, p: AddParams, out_bits: int = 16,
              hint: RequantHint = NO_HINT) -> jax.Array:
   """x + (0 where mask else -100), the mask an int8 tensor at scale 1 (p = add_params(s_x, 1, s_out, bx, 8))."""
-  return add(x_q, jnp.where(mask, 0, MASK_NEG_Q), p, out_bits, hint=hint)
+  return add(x_q, namespace(x_q, mask).where(mask, 0, MASK_NEG_Q), p, out_bits, hint=hint)
 
 
 def concat_params(scales: Sequence, out_scale) -> list[Requant]:
@@ -577,7 +616,8 @@ def concat(xs_q: Sequence[jax.Array], rqs: Sequence[Requant], out_bits: int = 8,
            hints: Sequence[RequantHint] | None = None) -> jax.Array:
   """Requantize every input to the common output scale, then concatenate."""
   hints = hints or [NO_HINT] * len(rqs)
-  return jnp.concatenate([requantize(x, rq, out_bits, hint=h) for x, rq, h in zip(xs_q, rqs, hints)], axis=axis)
+  ys = [requantize(x, rq, out_bits, hint=h) for x, rq, h in zip(xs_q, rqs, hints)]
+  return namespace(*ys).concatenate(ys, axis=axis)
 
 
 # ------------------------------------------------------------------------------------- dense goal grid
@@ -601,13 +641,12 @@ def grid_step(scale, spacing: float) -> jax.Array:
 
 def grid_lattice(x_q: jax.Array, step) -> jax.Array:
   """Nearest lattice index of int32 codes, ties up: floor((x + step // 2) / step) (exact in int32)."""
-  return jnp.floor_divide(x_q + step // 2, step)
+  return namespace(x_q).floor_divide(x_q + step // 2, step)
 
 
 def lattice_points(lattice_BxMx2: jax.Array, radius: int) -> jax.Array:
   """(B, M*D, 2) lattice coordinates of the grid points around each seed, seed-major."""
-  off = jnp.asarray(grid_offsets(radius), lattice_BxMx2.dtype)
-  pts = lattice_BxMx2[..., :, None, :] + off
+  pts = lattice_BxMx2[..., :, None, :] + grid_offsets(radius).astype(lattice_BxMx2.dtype)
   return pts.reshape(pts.shape[:-3] + (-1, 2))
 
 
@@ -615,13 +654,14 @@ def lattice_first(lattice_BxMx2: jax.Array, seed_valid_BxM: jax.Array, radius: i
   """(B, M*D) bool: the grid point belongs to a valid seed and to no earlier valid seed's grid (the first copy
   of every lattice point is kept). Point L_m + (dx, dy) lies in seed m''s grid iff |L_m - L_m' + dx| <= R and
   |L_m - L_m' + dy| <= R: two (B, M, M', 2R+1) tables, and'ed per (dx, dy) (B x M^2 x D, not x 2D ints)."""
+  xp = namespace(lattice_BxMx2, seed_valid_BxM)
   m, w = lattice_BxMx2.shape[-2], 2 * radius + 1
-  r = jnp.arange(-radius, radius + 1, dtype=lattice_BxMx2.dtype)
+  r = np.arange(-radius, radius + 1).astype(lattice_BxMx2.dtype)
   d = lattice_BxMx2[..., :, None, :] - lattice_BxMx2[..., None, :, :]              # (B, M, M', 2)
-  near = jnp.abs(d[..., None, :] + r[:, None]) <= radius                           # (B, M, M', W, 2)
+  near = xp.abs(d[..., None, :] + r[:, None]) <= radius                            # (B, M, M', W, 2)
   covered = near[..., :, None, 0] & near[..., None, :, 1]                          # (B, M, M', W(dx), W(dy))
-  earlier = jnp.asarray(np.tri(m, m, -1, dtype=bool)) & seed_valid_BxM[..., None, :]   # m' < m, valid
-  dup = jnp.any(covered & earlier[..., None, None], axis=-3)                      # (B, M, W, W)
+  earlier = seed_valid_BxM[..., None, :] & np.tri(m, m, -1, dtype=bool)            # m' < m, valid
+  dup = xp.any(covered & earlier[..., None, None], axis=-3)                       # (B, M, W, W)
   keep = seed_valid_BxM[..., None] & ~dup.reshape(dup.shape[:-2] + (w * w,))
   return keep.reshape(keep.shape[:-2] + (-1,))
 
@@ -629,7 +669,7 @@ def lattice_first(lattice_BxMx2: jax.Array, seed_valid_BxM: jax.Array, radius: i
 def dense_grid(x_q: jax.Array, step, radius: int, bits: int) -> jax.Array:
   """(B, M*D, 2) codes of the grid around each seed code (B, M, 2), saturated to the code range."""
   qmin, qmax = qrange(bits)
-  return jnp.clip(lattice_points(grid_lattice(x_q, step), radius) * step, qmin, qmax)
+  return namespace(x_q).clip(lattice_points(grid_lattice(x_q, step), radius) * step, qmin, qmax)
 
 
 def dense_grid_mask(x_q: jax.Array, seed_valid: jax.Array, step, radius: int, bits: int) -> jax.Array:
@@ -638,7 +678,7 @@ def dense_grid_mask(x_q: jax.Array, seed_valid: jax.Array, step, radius: int, bi
   qmin, qmax = qrange(bits)
   lat = grid_lattice(x_q, step)
   pts = lattice_points(lat, radius) * step
-  inside = jnp.all((pts >= qmin) & (pts <= qmax), axis=-1)
+  inside = namespace(pts).all((pts >= qmin) & (pts <= qmax), axis=-1)
   return lattice_first(lat, seed_valid, radius) & inside
 
 

@@ -369,12 +369,17 @@ def _glue(kind: str, inputs: int | None, attrs: tuple, kernel: Callable, element
 
 def _top_k(op, c, xs, hints):
   # codes order like their values (s > 0); masked entries last, ties to the lower index (lax.top_k)
-  return jax.lax.top_k(jnp.where(xs[1], xs[0], A.INT32_MIN), op.attrs["k"])[1]
+  xp = A.namespace(*xs)
+  return xp.top_k_indices(xp.where(xs[1], xs[0], A.INT32_MIN), op.attrs["k"])
+
+
+def _quantize(op, c, xs, hints):
+  return A.quantize(A.namespace(*xs).where(xs[1], xs[0], 0.0), c["scale"], op.bits)
 
 
 _TABLE = (
     OpDef("quantize", 2, ("scale",), ("in_bits",),
-          lambda op, c, xs, h: A.quantize(jnp.where(xs[1], xs[0], 0.0), c["scale"], op.bits), element_ops=3),
+          _quantize, element_ops=3),
     OpDef("dense", 1, ("w_q", "b_q") + RQ, ("in_bits",), _dense_kernel, _dense_derive, _one_requant,
           bounds=_dense_bounds, kernel_attrs=("in_bits",), macs=_dense_macs, element_ops=2, weights="w_q"),
     OpDef("layernorm", 1, ("eps_m", "eps_e") + requant_keys("z_") + ("g_q", "b_q") + RQ, ("eps", "in_bits"),
@@ -411,16 +416,16 @@ _TABLE = (
     _glue("reshape", 1, ("shape",), lambda op, c, xs, h: xs[0].reshape(_batch_shape(op.attrs["shape"], xs[0])),
           element_ops=0, is_view=lambda op, tensors: True),
     _glue("broadcast_to", 1, ("shape",),
-          lambda op, c, xs, h: jnp.broadcast_to(xs[0], _batch_shape(op.attrs["shape"], xs[0]))),
+          lambda op, c, xs, h: A.namespace(*xs).broadcast_to(xs[0], _batch_shape(op.attrs["shape"], xs[0]))),
     _glue("index", 1, ("index",), lambda op, c, xs, h: xs[0][op.attrs["index"]], element_ops=0,
           is_view=lambda op, tensors: elements(op.shape, 1) == elements(tensors[op.inputs[0]][0], 1)),
-    _glue("concatenate", None, ("axis",), lambda op, c, xs, h: jnp.concatenate(xs, axis=op.attrs["axis"]),
+    _glue("concatenate", None, ("axis",), lambda op, c, xs, h: A.namespace(*xs).concatenate(xs, axis=op.attrs["axis"]),
           joins_codes=True),
-    _glue("tile", 1, ("reps",), lambda op, c, xs, h: jnp.tile(xs[0], op.attrs["reps"])),
+    _glue("tile", 1, ("reps",), lambda op, c, xs, h: A.namespace(*xs).tile(xs[0], op.attrs["reps"])),
     _glue("moveaxis", 1, ("destination", "source"),
-          lambda op, c, xs, h: jnp.moveaxis(xs[0], op.attrs["source"], op.attrs["destination"])),
+          lambda op, c, xs, h: A.namespace(*xs).moveaxis(xs[0], op.attrs["source"], op.attrs["destination"])),
     _glue("take_along_axis", 2, ("axis",),
-          lambda op, c, xs, h: jnp.take_along_axis(xs[0], xs[1], axis=op.attrs["axis"])),
+          lambda op, c, xs, h: A.namespace(*xs).take_along_axis(xs[0], xs[1], axis=op.attrs["axis"])),
     _glue("top_k", 2, ("k",), _top_k, work=_input_elements, element_ops=8, widen_inputs=True, reduces_rows=True),
 )
 OPS: dict[str, OpDef] = {d.kind: d for d in _TABLE}
