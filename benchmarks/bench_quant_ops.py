@@ -47,11 +47,11 @@ def main():
           lambda x: F.dense(x, w, b, s16, s16, x_bits=16, y_bits=16),
           lambda q: A.dense(q, A.dense_params(w, b, s16, s16, 16), 16, 16), x, s16, 16),
       "layernorm 8x2048x128": (
-          lambda x: F.float_layernorm(x, g, beta),
+          lambda x: A.float_layernorm(x, g, beta),
           lambda x: F.layernorm(x, g, beta, s8, s8),
           lambda q: A.layernorm(q, A.layernorm_params(g, beta, s8, s8), 8), x, s8, 8),
       "softmax 8x2048 (int16 in, masked)": (
-          lambda x: F.float_softmax(x, mask),
+          lambda x: A.float_softmax(x, mask),
           lambda x: F.softmax(x, s16, sp, mask, x_bits=16),
           lambda q: A.softmax(q, A.softmax_params(s16, sp), mask), logits, s16, 16),
       "matmul 8x2048x128 @ (8x96x128)^T": (
@@ -60,7 +60,7 @@ def main():
           lambda q: A.matmul(q, A.quantize(kv, s8, 8), A.matmul_params(s8, s8, s8, H, alpha=alpha), 8,
                              transpose_b=True), x, s8, 8),
       "masked max over 96 (8x96x128)": (
-          lambda x: F._float_masked_max(x, mask[:, :P, None], -2),
+          lambda x: A.masked_max(x, mask[:, :P, None], -2),
           lambda x: F.masked_max(x, mask[:, :P, None], s8),
           lambda q: A.masked_max(q, mask[:, :P, None]), kv, s8, 8),
   }

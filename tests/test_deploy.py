@@ -320,6 +320,12 @@ def _lying_shape(header, blob):
   return blob
 
 
+def _batch_slice(header, blob):
+  op = _first_op(header, "index")        # x[0:3, ...]: its shape at batch 3 is the declared one, at others not
+  op["attrs"]["index"] = [{"slice": [0, 3, None]}] + [i for i in op["attrs"]["index"] if i != "..."] + ["..."]
+  return blob
+
+
 def _matmul_k(header, blob):
   op = _first_op(header, "matmul")
   op["attrs"]["k"] -= 1                 # the checker would bound a shorter sum than the kernel computes
@@ -363,8 +369,10 @@ CORRUPT = {
                                                            + b',"x":{')), r"corrupt header JSON \(RecursionError"),
     "huge-number": (lambda d: _retext(d, lambda t: t.replace(b'"version":2', b'"version":' + b"9" * 5000)),
                     r"corrupt header JSON \(ValueError: 'Exceeds"),
-    "declared-shape-lies": (lambda d: _rebuild(d, _lying_shape), r"op '[^']+' \(dense\) gives int\d+\[65537, "
-                            r"[\d, ]+\], it declares"),
+    "declared-shape-lies": (lambda d: _rebuild(d, _lying_shape), r"layer [^ ]+ rule operands: declares \(None, "
+                            r"[\d, ]+\) int\d+, but its kernel gives \(None, [\d, ]+\)"),
+    "batch-slice": (lambda d: _rebuild(d, _batch_slice), r"rule operands: declares \(None, [\d, ]*\) \w+, but "
+                    r"its kernel gives \(3, "),
     "matmul-k-lies": (lambda d: _rebuild(d, _matmul_k), r"layer [^ ]+ rule operands: attr k = \d+, but its "
                       r"producers contract K = \d+"),
     "checker-violation": (lambda d: _rebuild(d, _shift_60),

@@ -3,6 +3,7 @@ No other module of the package branches on an op kind's name: a condition (if / 
 a comprehension filter, a while) comparing a `.kind` / `kind` with an op kind's string literal is a failure,
 unless the allow-list below names it with its reason."""
 import ast
+import types
 
 
 from conftest import ROOT
@@ -103,9 +104,13 @@ def test_the_check_catches_a_kind_branch(tmp_path):
                                                               ("top_k", 7)]
 
 
-def test_onnx_table_covers_every_op_kind():
-  from densetnt_jax.deploy.onnx_ops import ONNX_OPS     # onnx: installed by make test ('.[dev,tensorboard,onnx]')
-  assert set(ONNX_OPS) == set(OPS)
+def test_onnx_forms_come_from_the_op_table():
+  """Every kind's ONNX forms: its float reference and kernel from OPS; ONNX_OPS only overrides OPS kinds."""
+  from densetnt_jax.deploy.onnx_ops import ONNX_OPS, onnx_op   # onnx: installed by make test ('.[dev,tensorboard,onnx]')
+  assert set(ONNX_OPS) <= set(OPS)
   assert all(d.kind == k for k, d in ONNX_OPS.items())
+  assert all(onnx_op(types.SimpleNamespace(kind=k, name="x"), "float").kind == k for k in OPS)
   # a QDQ quantization point has codes the interpreter hands on; glue and host ops never are points
-  assert not any(ONNX_OPS[k].point for k, d in OPS.items() if d.glue or d.host)
+  assert not any(d.point for d in OPS.values() if d.glue or d.host)
+  # a kind with no float reference is one whose kernel serves floats as it is: it reads no constants
+  assert all(not d.consts for d in OPS.values() if d.float is None)

@@ -26,10 +26,10 @@ version, flags, the file length against the file system's, before the body is re
 with a key, the signature, before any JSON is parsed; the JSON (depth, number sizes, NaN, duplicate keys); a
 strict schema (known keys and types; arrays of whitelisted dtypes with non-negative shapes, shape product x
 itemsize = nbytes, inside the blob and not overlapping; op kinds with their inputs, constants (`ops.OPS`) and
-attrs; bits in {0, 8, 16}; LUTs equal to this runtime's); then every op is traced abstractly through the
-interpreter's own kernels (`jax.eval_shape`, nothing runs) and must give its declared shape and dtype at any
-batch, so an accepted program runs; last the structural checker (`checker.check_program`) against the
-recorded target. Writing is deterministic: the same program (and key) gives the same bytes.
+attrs; bits in {0, 8, 16}; LUTs equal to this runtime's); then the structural checker
+(`checker.check_program`) against the recorded target, whose operands rule traces every op abstractly through
+the interpreter's own kernels (`jax.eval_shape`, nothing runs): each must give its declared shape and dtype at
+any batch, so an accepted program runs; last the outputs through the host epilogue, abstractly too. Writing is deterministic: the same program (and key) gives the same bytes.
 
 Keyed signature (origin, not only integrity; off by default). The SHA-256 checksum proves the bytes are the
 ones written, not who wrote them: anyone can edit a header and recompute it. Set DENSETNT_ARTIFACT_KEY (any
@@ -56,11 +56,10 @@ import struct
 import jax
 import numpy as np
 
-from densetnt_jax.deploy.checker import FLOAT_CONSTS, TargetSpec, check_program
+from densetnt_jax.deploy.checker import CHECK_BATCH, FLOAT_CONSTS, TargetSpec, check_program
 from densetnt_jax.postprocess import PostprocessSettings, finish_prediction
 from densetnt_jax.quant import arith as A
-from densetnt_jax.quant import interpreter
-from densetnt_jax.quant.ops import OPS, OpDef, stored_dtype
+from densetnt_jax.quant.ops import OPS, OpDef
 from densetnt_jax.quant.program import FORMAT as PROGRAM_FORMAT
 from densetnt_jax.quant.program import Program, from_document, to_document
 
@@ -76,7 +75,6 @@ MAX_NBYTES = 256 * 2**20        # read() refuses larger files unread (the defaul
 MAX_MESSAGE = 400                         # characters of an ArtifactError
 DTYPES = {"int8": "<i1", "int16": "<i2", "int32": "<i4", "uint8": "<u1", "float32": "<f4", "bool": "|b1"}
 LUTS = ("EXP_TABLE", "RECIP_TABLE", "RSQRT_TABLE")
-PROBE_BATCH = 65537   # the batch of the load-time trace: an op that keeps it whole keeps any batch up to it whole
 
 
 class ArtifactError(ValueError):
@@ -332,8 +330,8 @@ def program_from(header: dict, arrays: dict, where: str = "<bytes>") -> Program:
       raise ArtifactError(f"{where}: lookup table {table} differs from this runtime's: compiled by another "
                           "version of the kernels")
   program = from_document(header, arrays)
-  _trace(program, where)
   _check_target(program, header["target"], where)
+  _check_epilogue(program, where)
   return program
 
 
@@ -614,54 +612,17 @@ class _Schema:
 
 
 # ----------------------------------------------------------------------------------- load-time checks
-# digests of (structure, inputs, requant hints) whose trace passed: a reloaded program is not traced again
-_TRACED: dict = {}
-
-
-def _trace(program: Program, where: str) -> None:
-  """Every op through the interpreter's own step, abstractly (jax.eval_shape: no compile, no arrays) at
-  PROBE_BATCH, then the outputs through the host epilogue: a kernel that refuses its inputs, or an output of
-  another shape or dtype than declared, is an ArtifactError naming the op. After this, the declared shapes the
-  checker bounds are the real ones and the program runs at any batch."""
-  settings = PostprocessSettings.from_meta(program.meta)
-
-  def spec(shape: tuple, dtype) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(PROBE_BATCH if d is None else d for d in shape), dtype)
-
-  def body(consts: dict, xs: dict):
-    env = dict(xs)
-    for o in program.ops:
-      want = spec(o.shape, np.dtype(stored_dtype(o.bits, o.dtype)))
-      try:
-        y = interpreter._step(o, consts[o.name], [env[i] for i in o.inputs], interpreter.requant_hints(o))
-        got = (tuple(y.shape), np.dtype(y.dtype))
-      except Exception as e:      # noqa: BLE001  a forged program must not get past here with any exception
-        raise ArtifactError(f"{where}: op {o.name!r} ({o.kind}) does not run on its inputs "
-                            f"({type(e).__name__}: {_short.repr(str(e))})") from None
-      if got != (want.shape, want.dtype):
-        raise ArtifactError(f"{where}: op {o.name!r} ({o.kind}) gives {got[1]}{list(got[0])}, it declares "
-                            f"{want.dtype}{list(want.shape)} (at batch {PROBE_BATCH})")
-      env[o.name] = y
-    try:
-      finish_prediction(**interpreter._outputs(program, consts, env), settings=settings)
-    except Exception as e:        # noqa: BLE001
-      raise ArtifactError(f"{where}: the outputs {sorted(program.outputs)} do not fit the host epilogue "
-                          f"({type(e).__name__}: {_short.repr(str(e))})") from None
-
+def _check_epilogue(program: Program, where: str) -> None:
+  """The declared outputs through the host epilogue, abstractly (jax.eval_shape: nothing runs): outputs that do
+  not fit it are an ArtifactError. (Every op's own kernel is traced by the checker's operands rule.)"""
+  outs = {role: jax.ShapeDtypeStruct(tuple(CHECK_BATCH if d is None else d for d in o.shape),
+                                     np.float32 if o.bits else np.dtype(o.dtype))
+          for role, o in ((role, program.op(name)) for role, name in program.outputs.items())}
   try:
-    hints = repr([sorted(interpreter.requant_hints(o).items()) for o in program.ops])
-  except Exception as e:          # noqa: BLE001
-    raise ArtifactError(f"{where}: requant constants unreadable ({type(e).__name__}: {_short.repr(str(e))})") \
-        from None
-  key = hashlib.sha256(repr((interpreter._structure(program), sorted(program.inputs.items()), hints)).encode()
-                       ).hexdigest()
-  if key in _TRACED:
-    return
-  consts = {o.name: {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in o.consts.items()} for o in program.ops}
-  jax.eval_shape(body, consts, {n: spec(s, d) for n, (s, d) in program.inputs.items()})
-  if len(_TRACED) >= 64:
-    _TRACED.pop(next(iter(_TRACED)))
-  _TRACED[key] = True
+    jax.eval_shape(lambda o: finish_prediction(**o, settings=PostprocessSettings.from_meta(program.meta)), outs)
+  except Exception as e:        # noqa: BLE001  a forged program must not get past here with any exception
+    raise ArtifactError(f"{where}: the outputs {sorted(program.outputs)} do not fit the host epilogue "
+                        f"({type(e).__name__}: {_short.repr(str(e))})") from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -63,7 +63,8 @@ KERNEL_MULT_MAX = 2**A.MULT_BITS - 1     # mul_shift's limbs: |lo * M| < 2^31 ne
 
 
 FLOAT_CONSTS = ("scale", "in_scale")     # float32: the quantize step and the host's dequantization
-EVAL_BATCH = 3              # the batch the kernels are traced at (any size works; axis 0 must stay the batch)
+CHECK_BATCH = 65537         # the batch the kernels are traced at (abstractly): an op that keeps it whole keeps
+                            # any batch up to it whole (at batch 3, x[:3] passed as "the batch")
 MESSAGE_CHARS = 300         # a violation's message is one line of at most this many characters
 
 
@@ -205,7 +206,7 @@ def kernel_output(o: Op, ins: list) -> tuple[tuple, str]:
   """(shape with the batch None, dtype) of the op's output as the interpreter's kernel computes it from its
   inputs' shapes and dtypes and its constants' shapes (jax.eval_shape: traced, nothing runs); raises
   ValueError with the kernel's error. Cached by signature: a program's many similar ops trace once."""
-  xs = [jax.ShapeDtypeStruct(tuple(EVAL_BATCH if d is None else d for d in t.shape), np.dtype(t.dtype))
+  xs = [jax.ShapeDtypeStruct(tuple(CHECK_BATCH if d is None else d for d in t.shape), np.dtype(t.dtype))
         for t in ins]
   consts = {k: jax.ShapeDtypeStruct(np.shape(v), jax.dtypes.canonicalize_dtype(np.asarray(v).dtype))
             for k, v in o.consts.items()}
@@ -223,7 +224,7 @@ def kernel_output(o: Op, ins: list) -> tuple[tuple, str]:
   if isinstance(hit, str):
     raise ValueError(hit)
   shape, dtype = hit
-  return ((None,) + shape[1:] if shape[:1] == (EVAL_BATCH,) else shape), dtype
+  return ((None,) + shape[1:] if shape[:1] == (CHECK_BATCH,) else shape), dtype
 
 
 def _const_problem(name: str, v) -> str | None:

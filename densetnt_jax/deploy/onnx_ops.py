@@ -235,6 +235,7 @@ class Sym:
   __rsub__ = lambda a, b: a.xp.subtract(b, a)
   __mul__ = lambda a, b: a.xp.multiply(a, b)
   __rmul__ = lambda a, b: a.xp.multiply(b, a)
+  __truediv__ = lambda a, b: a.xp.divide(a, b)
   __rshift__ = lambda a, b: a.xp.right_shift(a, b)
   __rrshift__ = lambda a, b: a.xp.right_shift(b, a)
   __lshift__ = lambda a, b: a.xp.left_shift(a, b)
@@ -281,7 +282,7 @@ class OnnxNamespace:
       return v.name
     arr = np.asarray(v)
     cast = arr.astype(dtype)
-    if not np.array_equal(cast, arr):
+    if np.dtype(dtype).kind in "iub" and not np.array_equal(cast, arr):
       raise ValueError(f"ONNX kernel: constant {arr!r} does not fit the tensor's {np.dtype(dtype)}")
     return self.e.lift(cast)
 
@@ -290,7 +291,10 @@ class OnnxNamespace:
   multiply = exact_multiply = _elementwise("Mul", np.multiply)
   minimum = _elementwise("Min", np.minimum)
   maximum = _elementwise("Max", np.maximum)
+  divide = _elementwise("Div", np.divide)
   floor = _elementwise("Floor", np.floor)
+  exp = _elementwise("Exp", np.exp)
+  log = _elementwise("Log", np.log)
   abs = _elementwise("Abs", np.abs)
   negative = _elementwise("Neg", np.negative)
   logical_not = _elementwise("Not", np.logical_not)
@@ -378,11 +382,30 @@ class OnnxNamespace:
   def min(self, x, axis: int, keepdims: bool = False):
     return self._reduce("ReduceMin", x, axis, keepdims, np.min)
 
+  def mean(self, x, axis: int, keepdims: bool = False):
+    return self._reduce("ReduceMean", x, axis, keepdims, np.mean)
+
   def any(self, x, axis: int, keepdims: bool = False):
     return self.max(x.astype(np.int32), axis, keepdims).astype(bool)
 
   def all(self, x, axis: int, keepdims: bool = False):
     return self.min(x.astype(np.int32), axis, keepdims).astype(bool)
+
+  def rsqrt(self, x: Sym) -> Sym:
+    return Sym(self, self.e.node("Reciprocal", [self.e.node("Sqrt", [x])]), x.shape, x.dtype)
+
+  def stop_gradient(self, x):
+    return x
+
+  def log_softmax(self, x: Sym) -> Sym:
+    """jax.nn.log_softmax's steps over the last axis: shifted = x - max, shifted - log(sum(exp(shifted)))."""
+    shifted = x - self.max(x, -1, keepdims=True)
+    return shifted - self.log(self.sum(self.exp(shifted), -1, keepdims=True))
+
+  def matmul(self, a: Sym, b) -> Sym:
+    """Float a @ b (numpy matmul axes)."""
+    shape = _broadcast(_shape(a)[:-2], _shape(b)[:-2]) + (_shape(a)[-2], _shape(b)[-1])
+    return Sym(self, self.e.node("MatMul", [a, b]), shape, np.float32)
 
   def take(self, table: np.ndarray, idx: Sym) -> Sym:
     return Sym(self, self.e.node("Gather", [np.asarray(table, np.int32), idx], axis=0), idx.shape, np.int32)
@@ -391,10 +414,14 @@ class OnnxNamespace:
     """Significant bits of a non-negative int32: ReduceSum(v >= 2^j, j = 0..30)."""
     return self.sum((v[..., None] >= POW2_TABLE).astype(np.int32), -1)
 
-  def code_matmul(self, a: Sym, b, bits: int) -> Sym:
-    """MatMulInteger of int8 codes (int32 sums)."""
+  def code_matmul(self, a, b, bits: int, transpose_b: bool = False):
+    """MatMulInteger of int8 codes (int32 sums), b transposed first where asked."""
     if bits > 8:
       raise NotImplementedError("ONNX kernel: MatMulInteger takes 8-bit operands (arith.int_matmul splits)")
+    if transpose_b:
+      b = self.swapaxes(b, -1, -2) if isinstance(b, Sym) else np.swapaxes(b, -1, -2)
+    if not isinstance(a, Sym) and not isinstance(b, Sym):
+      return np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64)).astype(np.int32)
     name = self.e.node("MatMulInteger", [self.e.cast(a, np.int8), self.e.cast(b, np.int8)])
     return Sym(self, name, _broadcast(_shape(a)[:-2], _shape(b)[:-2]) + (_shape(a)[-2], _shape(b)[-1]), np.int32)
 
@@ -452,9 +479,6 @@ def run_kernel(e: Emitter, op, xs: list, ins: list) -> str:
 
 
 # ------------------------------------------------------------------------------------------- float forms
-F32_MIN = np.float32(np.finfo(np.float32).min)
-
-
 @dataclasses.dataclass
 class QuantCtx:
   """What the float and QDQ emitters read beside the op: the float params (by op name), and for QDQ the
@@ -472,45 +496,13 @@ def param_at(tree, name: str):
   return tree
 
 
-def float_dense(e: Emitter, x, kernel, bias):
-  """primitives.dense: x @ kernel + bias; K <= SMALL_K as the float form's broadcast multiply-adds."""
-  k = kernel.shape[0]
-  if k <= P.SMALL_K:
-    y = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
-    for i in range(k):
-      xi = e.node("Slice", [x, np.asarray([i], np.int64), np.asarray([i + 1], np.int64), np.asarray([-1], np.int64)])
-      y = e.node("Add", [y, e.node("Mul", [xi, kernel[i]])])
-    return y
-  y = e.node("MatMul", [x, kernel])
-  return y if bias is None else e.node("Add", [y, bias])
-
-
-def float_layernorm(e: Emitter, x, scale, bias, eps: float):
-  """primitives.layernorm: (x - mean) * rsqrt(mean((x - mean)^2) + eps) * scale + bias."""
-  mean = e.reduce("ReduceMean", x, -1)
-  c = e.node("Sub", [x, mean])
-  var = e.reduce("ReduceMean", e.node("Mul", [c, c]), -1)
-  rstd = e.node("Reciprocal", [e.node("Sqrt", [e.node("Add", [var, np.float32(eps)])])])
-  return e.node("Add", [e.node("Mul", [e.node("Mul", [c, rstd]), scale]), bias])
-
-
-def float_masked_max(e: Emitter, x, mask_xV):
-  """primitives.masked_max: max over axis -2 where mask (broadcast over channels); all-masked rows give 0."""
-  m = e.unsqueeze(mask_xV, [-1])
-  pooled = e.reduce("ReduceMax", e.where(m, x, F32_MIN), -2, keepdims=False)
-  anyv = e.cast(e.reduce("ReduceMax", e.cast(m, np.int32), -2, keepdims=False), bool)
-  return e.where(anyv, pooled, np.float32(0))
-
-
-def float_softmax(e: Emitter, x):
-  ex = e.node("Exp", [e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])])
-  return e.node("Div", [ex, e.reduce("ReduceSum", ex, -1)])
-
-
-def log_softmax(e: Emitter, x):
-  """jax.nn.log_softmax's steps: shifted = x - max, shifted - log(sum(exp(shifted)))."""
-  shifted = e.node("Sub", [x, e.reduce("ReduceMax", x, -1)])
-  return e.node("Sub", [shifted, e.node("Log", [e.reduce("ReduceSum", e.node("Exp", [shifted]), -1)])])
+def float_form(e: Emitter, op, xs: list, ins: list, ctx: QuantCtx) -> str:
+  """The op's float reference (`OPS[kind].float`, or its kernel where that serves floats) on ONNX tensors."""
+  d = OPS[op.kind]
+  if d.float is None:
+    return run_kernel(e, op, xs, ins)
+  xp = OnnxNamespace(e)
+  return e.lift(d.float(op, lambda: param_at(ctx.params, op.name), [xp.sym(x, f) for x, f in zip(xs, ins)]))
 
 
 def qdq_point(e: Emitter, op, y, ctx: QuantCtx):
@@ -522,45 +514,34 @@ def qdq_point(e: Emitter, op, y, ctx: QuantCtx):
   return y
 
 
-# ----------------------------------------------------------------------------- the op table: per-kind emitters
+# ------------------------------------------------------------------- the ONNX half of the op table: overrides
 # Emitters take (e, op, xs, ins[, ctx]): the program op, its inputs' tensor names and facts (shape with the
-# batch None, dtype in this form).
-def _kernel_form(e, op, xs, ins, ctx=None):
-  """The op's kernel on tensors of any dtype (layout ops, masked fill, ReLU: the same in every form)."""
-  return run_kernel(e, op, xs, ins)
-
-
-def _where_float(e, op, xs, ins, ctx):
-  """quantize (float forms): x where mask, else 0."""
-  return e.where(xs[1], xs[0], np.float32(0))
-
-
+# batch None, dtype in this form). Every kind's float form is its float reference and its integer form its
+# kernel (both from `quant.ops.OPS`); QDQ is the float form with Q/DQ after a quantization point. An entry here
+# only says where ONNX needs more: int8 weights, operations on the codes behind a DequantizeLinear, the unit of
+# a float output.
 def _dense_float(e, op, xs, ins, ctx):
-  """The float dense; QDQ: int8 per-channel weights (DequantizeLinear axis=1), int32 bias on the s_x s_w grid."""
+  """primitives.dense (K <= SMALL_K as its broadcast multiply-adds); QDQ: int8 per-channel weights
+  (DequantizeLinear axis=1), int32 bias on the s_x s_w grid."""
   p = param_at(ctx.params, op.name)
   kernel = np.asarray(p["kernel"], np.float32)
   bias = None if p.get("bias") is None else np.asarray(p["bias"], np.float32)
-  if ctx.scales is None:
-    return float_dense(e, xs[0], kernel, bias)
-  s_w = np.asarray(A.weight_scale_per_channel(kernel, 8), np.float32)
-  s_acc = (np.float32(ctx.scales[op.inputs[0]]) * s_w).astype(np.float32)
-  w = e.node("DequantizeLinear", [op.consts["w_q"].astype(np.int8), s_w, np.zeros(s_w.shape, np.int8)], axis=1)
-  b = e.node("DequantizeLinear", [op.consts["b_q"].astype(np.int32), s_acc, np.zeros(s_acc.shape, np.int32)],
-             axis=0)
-  return e.node("Add", [e.node("MatMul", [xs[0], w]), b])
-
-
-def _layernorm_float(e, op, xs, ins, ctx):
-  p = param_at(ctx.params, op.name)
-  return float_layernorm(e, xs[0], np.asarray(p["scale"], np.float32), np.asarray(p["bias"], np.float32),
-                         op.attrs.get("eps", 1e-5))
-
-
-def _matmul_float(e, op, xs, ins, ctx):
-  a = op.attrs
-  b = e.transpose_last2(xs[1], len(ins[1].shape)) if a["transpose_b"] else xs[1]
-  y = e.node("MatMul", [xs[0], b])
-  return y if a["alpha"] == 1.0 else e.node("Mul", [y, np.float32(a["alpha"])])
+  if ctx.scales is None and kernel.shape[0] <= P.SMALL_K:
+    y = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
+    for i in range(kernel.shape[0]):
+      xi = e.node("Slice", [xs[0], np.asarray([i], np.int64), np.asarray([i + 1], np.int64),
+                            np.asarray([-1], np.int64)])
+      y = e.node("Add", [y, e.node("Mul", [xi, kernel[i]])])
+    return y
+  if ctx.scales is not None:
+    s_w = np.asarray(A.weight_scale_per_channel(kernel, 8), np.float32)
+    s_acc = (np.float32(ctx.scales[op.inputs[0]]) * s_w).astype(np.float32)
+    kernel = e.node("DequantizeLinear", [op.consts["w_q"].astype(np.int8), s_w, np.zeros(s_w.shape, np.int8)],
+                    axis=1)
+    bias = e.node("DequantizeLinear", [op.consts["b_q"].astype(np.int32), s_acc, np.zeros(s_acc.shape, np.int32)],
+                  axis=0)
+  y = e.node("MatMul", [xs[0], kernel])
+  return y if bias is None else e.node("Add", [y, bias])
 
 
 def _matmul_qdq(e, op, xs, ins, ctx):
@@ -570,19 +551,7 @@ def _matmul_qdq(e, op, xs, ins, ctx):
     q, s, zp = ctx.codes[xs[1]]
     xs = [xs[0], e.node("DequantizeLinear", [e.transpose_last2(q, len(ins[1].shape)), s, zp], hint="dq")]
     op = dataclasses.replace(op, attrs={**op.attrs, "transpose_b": False})
-  return qdq_point(e, op, _matmul_float(e, op, xs, ins, ctx), ctx)
-
-
-def _dense_grid_float(e, op, xs, ins, ctx):
-  """primitives.dense_grid, the model's own float form, on ONNX tensors."""
-  seeds = OnnxNamespace(e).sym(xs[0], ins[0])
-  return e.lift(P.dense_grid(seeds, op.attrs["spacing"], op.attrs["radius"]))
-
-
-def _dense_grid_mask_float(e, op, xs, ins, ctx):
-  xp = OnnxNamespace(e)
-  seeds, valid = xp.sym(xs[0], ins[0]), xp.sym(xs[1], ins[1])
-  return e.lift(P.dense_grid_mask(seeds, valid, op.attrs["spacing"], op.attrs["radius"]))
+  return qdq_point(e, op, float_form(e, op, xs, ins, ctx), ctx)
 
 
 def _on_codes(e, x: str, ins: TensorFacts, ctx, dtype=None):
@@ -608,7 +577,7 @@ def _grid_qdq(e, op, xs, ins, ctx):
   return _dequantized(e, e.cast(y, CODE_DTYPE[op.bits]), xs[0], ctx) if op.bits else y
 
 
-def _glue_qdq(e, op, xs, ins, ctx):
+def _layout_qdq(e, op, xs, ins, ctx):
   """A layout op in QDQ: on a dequantized code tensor it moves the codes and dequantizes again (DQ -> Transpose
   chains tripped onnxruntime's QDQ propagation); a code concatenation joins codes of one scale. Else float."""
   if xs[0] not in ctx.codes:
@@ -617,79 +586,37 @@ def _glue_qdq(e, op, xs, ins, ctx):
   return _dequantized(e, run_kernel(e, op, [c[0] for c in codes], [c[1] for c in codes]), xs[0], ctx)
 
 
-def _log_softmax_int(e, op, xs, ins):
-  return log_softmax(e, e.node("Mul", [e.cast(xs[0], np.float32), np.float32(op.consts["in_scale"])]))
-
-
-def _in_scale(op, lsb_of_input):
-  return float(op.consts["in_scale"])
-
-
-def _first_input_lsb(op, lsb_of_input):
-  return lsb_of_input(op.inputs[0])
-
-
-def _top_k_float(e, op, xs, ins, ctx):
-  """TopK of the float scores; masked entries -inf (the kernel's INT32_MIN on codes)."""
-  _, idx = e.node("TopK", [e.where(xs[1], xs[0], np.float32(-np.inf)), np.asarray([op.attrs["k"]], np.int64)],
-                  n_out=2, axis=-1, largest=1, sorted=1)
-  return e.cast(idx, np.int32)
-
-
 @dataclasses.dataclass(frozen=True)
 class OnnxOpDef:
-  """The ONNX forms of one op kind (`quant.ops.OPS` holds the rest of its definition, its integer kernel too)."""
+  """What ONNX needs of one op kind beyond its `quant.ops.OPS` definition (`onnx_op` fills in the defaults)."""
   kind: str
-  float: Callable                       # (e, op, xs, ins, ctx) -> tensor: the float model's op
+  float: Callable = float_form          # (e, op, xs, ins, ctx) -> tensor: the float model's op
   qdq: Callable | None = None           # (e, op, xs, ins, ctx): QDQ form; None: float, then Q/DQ at a point
-  point: bool = False                   # a quantization point: QDQ quantizes its output at op.scale
   lsb: Callable | None = None           # (op, lsb_of_input) -> the LSB of a float output (the QDQ bar's unit)
-  int: Callable = run_kernel            # (e, op, xs, ins) -> tensor on int32 codes: the kernel, unless host math
+  int: Callable = run_kernel            # (e, op, xs, ins) -> tensor on int32 codes: the kernel
 
   def emit_qdq(self, e: Emitter, op, xs, ins, ctx: QuantCtx):
     if self.qdq is not None:
       return self.qdq(e, op, xs, ins, ctx)
     y = self.float(e, op, xs, ins, ctx)
-    return qdq_point(e, op, y, ctx) if self.point else y
+    return qdq_point(e, op, y, ctx) if OPS[op.kind].point else y
 
 
-def _layout(kind: str, **kw) -> OnnxOpDef:
-  return OnnxOpDef(kind, _kernel_form, _glue_qdq, **kw)
-
-
-_TABLE = (
-    OnnxOpDef("quantize", _where_float, point=True),
-    OnnxOpDef("dense", _dense_float, point=True),
-    OnnxOpDef("layernorm", _layernorm_float, point=True),
-    OnnxOpDef("relu", _kernel_form),
-    OnnxOpDef("masked_max", lambda e, op, xs, ins, ctx: float_masked_max(e, xs[0], xs[1])),
-    OnnxOpDef("masked_fill", _kernel_form),
-    OnnxOpDef("matmul", _matmul_float, _matmul_qdq, point=True),
-    OnnxOpDef("softmax", lambda e, op, xs, ins, ctx: float_softmax(e, xs[0]), point=True),
-    OnnxOpDef("add", lambda e, op, xs, ins, ctx: e.node("Add", xs), point=True),
-    OnnxOpDef("mask_add",
-              lambda e, op, xs, ins, ctx: e.node("Add", [xs[0], e.where(xs[1], np.float32(0),
-                                                                      np.float32(A.MASK_NEG_Q))]), point=True),
-    OnnxOpDef("concat", lambda e, op, xs, ins, ctx: e.node("Concat", xs, axis=int(op.attrs["axis"])), point=True),
-    OnnxOpDef("dense_grid", _dense_grid_float, _grid_qdq),
-    OnnxOpDef("dense_grid_mask", _dense_grid_mask_float, _grid_qdq),
-    OnnxOpDef("log_softmax", lambda e, op, xs, ins, ctx: log_softmax(e, xs[0]), lsb=_in_scale, int=_log_softmax_int),
-    _layout("reshape"),
-    _layout("broadcast_to"),
-    _layout("index"),
-    _layout("concatenate"),
-    _layout("tile"),
-    _layout("moveaxis"),
-    _layout("take_along_axis", lsb=_first_input_lsb),
-    OnnxOpDef("top_k", _top_k_float),
-)
-ONNX_OPS: dict[str, OnnxOpDef] = {d.kind: d for d in _TABLE}
-POINT_KINDS = tuple(d.kind for d in _TABLE if d.point)
+ONNX_OPS: dict[str, OnnxOpDef] = {d.kind: d for d in (
+    OnnxOpDef("dense", _dense_float),
+    OnnxOpDef("matmul", qdq=_matmul_qdq),
+    OnnxOpDef("dense_grid", qdq=_grid_qdq),
+    OnnxOpDef("dense_grid_mask", qdq=_grid_qdq),
+    OnnxOpDef("log_softmax", lsb=lambda op, lsb_of_input: float(op.consts["in_scale"])),
+    OnnxOpDef("take_along_axis", qdq=_layout_qdq, lsb=lambda op, lsb_of_input: lsb_of_input(op.inputs[0])),
+    *(OnnxOpDef(kind, qdq=_layout_qdq) for kind in ("reshape", "broadcast_to", "index", "concatenate", "tile",
+                                                     "moveaxis")),
+)}
+POINT_KINDS = tuple(kind for kind, d in OPS.items() if d.point)
 
 
 def onnx_op(op, form: str) -> OnnxOpDef:
   """The ONNX definition of `op`'s kind; ValueError naming the op, the export form and the known kinds."""
-  d = ONNX_OPS.get(op.kind) if isinstance(op.kind, str) else None
-  if d is None:
-    raise ValueError(f"{form} export: unknown op kind {op.kind!r} ({op.name}); known: {sorted(ONNX_OPS)}")
-  return d
+  if not isinstance(op.kind, str) or op.kind not in OPS:
+    raise ValueError(f"{form} export: unknown op kind {op.kind!r} ({op.name}); known: {sorted(OPS)}")
+  return ONNX_OPS.get(op.kind) or OnnxOpDef(op.kind)

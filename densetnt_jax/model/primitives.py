@@ -16,7 +16,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import fakequant as FQ
@@ -179,19 +178,9 @@ def masked_fill(x: jax.Array, mask: jax.Array, value: float = 0.0) -> jax.Array:
   return jnp.where(mask, x, jnp.asarray(value, x.dtype))
 
 
-def grid_lattice(x: jax.Array, spacing: float) -> jax.Array:
-  """Nearest lattice index (float, ties up) of metres: floor(x * (1 / spacing) + 0.5)."""
-  return A.namespace(x).floor(x * np.float32(1.0 / spacing) + 0.5)
-
-
-def dense_grid(seeds_BxMx2: jax.Array, spacing: float, radius: int) -> jax.Array:
-  """(B, M*D, 2) metres: the square lattice grid of half-width `radius` around each seed (arith.dense_grid)."""
-  return A.lattice_points(grid_lattice(seeds_BxMx2, spacing), radius) * np.float32(spacing)
-
-
-def dense_grid_mask(seeds_BxMx2: jax.Array, seed_valid_BxM: jax.Array, spacing: float, radius: int) -> jax.Array:
-  """(B, M*D) bool: the first copy of every lattice point of a valid seed (arith.lattice_first)."""
-  return A.lattice_first(grid_lattice(seeds_BxMx2, spacing), seed_valid_BxM, radius)
+grid_lattice = A.float_lattice            # the dense goals' float forms: arith's float references
+dense_grid = A.float_dense_grid
+dense_grid_mask = A.float_dense_grid_mask
 
 
 # ------------------------------------------------------------------------------------------------ glue

@@ -11,12 +11,15 @@ into 16-bit limbs v = hi * 2^16 + lo (hi in [-2^15, 2^15), lo in [0, 2^16)), so 
 int32 kernels pre-shift, multiply and shift again (two roundings, 2.8% of outputs 1 LSB off in the notes);
 that is the `pre_shift` simulator setting of `Requant` (0 = single rounding, the default).
 
-ONNX mapping (every op below is one of these): int32 Add/Sub/Mul; arithmetic right shift by 2^k as
-(v - Mod(v, 2^k)) / 2^k (ONNX Div truncates, Mod with fmod=0 takes the divisor's sign), v & (2^k - 1) as
-Mod(v, 2^k); Clip; Where; ReduceMax/ReduceSum; Gather from int32 tables; MatMulInteger-like int8/int16
-matmuls with an int32 result; the bit length (`lax.clz`) as ReduceSum(v >= 2^j, j = 0..30). Floats appear
-only where a program input is quantized: Mul by the stored float32 1/s, then Floor, Sub, GreaterOrEqual
-(`round_half_up`), Clip, Cast. All other constants are integers computed once by the `*_params` helpers.
+Written once for JAX and ONNX: each kernel takes its array namespace from its operands (`namespace`): jax.numpy
+in the interpreter and the fake-quant forms, deploy/onnx_ops.OnnxNamespace in the integer ONNX export, which
+spells every step with ONNX ops: int32 Add/Sub/Mul; arithmetic right shift by 2^k as (v - Mod(v, 2^k)) / 2^k
+(ONNX Div truncates, Mod with fmod=0 takes the divisor's sign), v & (2^k - 1) as Mod(v, 2^k); Clip; Where;
+ReduceMax/ReduceSum; Gather from int32 tables; MatMulInteger on int8 operands (int16 ones split into bytes);
+the bit length (`lax.clz`) as ReduceSum(v >= 2^j, j = 0..30). Floats appear only where a program input is
+quantized: Mul by the float32 1/s, then Floor, Sub, GreaterOrEqual (`round_half_up`), Clip, Cast. All other
+constants are integers computed once by the `*_params` helpers. The float references at the end (the float ops
+the kernels stand for) are written the same way.
 """
 from __future__ import annotations
 
@@ -50,8 +53,9 @@ def _dtype(bits: int):
 # forms, the ONNX graph builder (`deploy/onnx_ops.OnnxNamespace`, whose tensors carry `.xp`) in the integer
 # ONNX export. Besides jnp's names a namespace has the three primitives the two spell differently:
 class _JnpNamespace:
-  """jax.numpy, plus `bit_length`, `code_matmul` (the native integer matmul), `top_k_indices` and
-  `exact_multiply` (one float32 product, never rewritten)."""
+  """jax.numpy, plus `bit_length`, `code_matmul` (the native integer matmul), `top_k_indices`,
+  `exact_multiply` (one float32 product, never rewritten) and the float references' `rsqrt`, `stop_gradient`
+  and `log_softmax` (last axis)."""
   wide_matmul = True        # int16 x int16 dots are native (ONNX has MatMulInteger on 8-bit operands only)
 
   def __getattr__(self, name: str):
@@ -62,13 +66,21 @@ class _JnpNamespace:
     return 32 - jax.lax.clz(jnp.asarray(v, jnp.int32))
 
   @staticmethod
-  def code_matmul(a_q, b_q, bits: int):
-    """a @ b of `bits`-wide codes (numpy matmul axes), exact int32 sums."""
-    return jnp.matmul(a_q.astype(_dtype(bits)), b_q.astype(_dtype(bits)), preferred_element_type=jnp.int32)
+  def code_matmul(a_q, b_q, bits: int, transpose_b: bool = False):
+    """a @ b (or a @ b^T) of `bits`-wide codes (numpy matmul axes), exact int32 sums. b^T as one dot
+    contracting both last axes: a @ swapaxes(b) ran 2.7x slower (XLA materialized the transpose)."""
+    a_q, b_q = a_q.astype(_dtype(bits)), b_q.astype(_dtype(bits))
+    if transpose_b:
+      return jnp.einsum("...mk,...nk->...mn", a_q, b_q, preferred_element_type=jnp.int32)
+    return jnp.matmul(a_q, b_q, preferred_element_type=jnp.int32)
 
   @staticmethod
   def top_k_indices(x, k: int):
     return jax.lax.top_k(x, k)[1]
+
+  rsqrt = staticmethod(jax.lax.rsqrt)
+  stop_gradient = staticmethod(jax.lax.stop_gradient)
+  log_softmax = staticmethod(lambda x: jax.nn.log_softmax(x, axis=-1))
 
   @staticmethod
   def exact_multiply(a, b):
@@ -151,7 +163,7 @@ def quantize(x: jax.Array, scale, bits: int, narrow: bool = False) -> jax.Array:
 
 def dequantize(q: jax.Array, scale) -> jax.Array:
   """Codes to float: q * s in float32 (the fake-quant forward value is exactly this product)."""
-  return fmul(jnp.asarray(q).astype(jnp.float32), scale)
+  return fmul(namespace(q).asarray(q).astype(np.float32), scale)
 
 
 # ------------------------------------------------------------------------------------------- requant
@@ -366,23 +378,27 @@ def dense_params(w_KxN, b_N, x_scale, y_scale, x_bits: int = 8, w_bits: int = 8,
   return DenseParams(w_q, b_q, requant_params(fmul(s_acc, reciprocal(y_scale)), pre))
 
 
-def int_matmul(a_q, b_q, a_bits: int, b_bits: int):
-  """Exact int32 a @ b of int8/int16 codes (numpy matmul axes: leading axes batch, a 2-D b shared); the callers
-  bound the sum. An int16 operand against an int8 one (or any int16 one where the namespace has no wide
-  matmul: ONNX's MatMulInteger is 8-bit) runs as int8 dots on its bytes, a = 256 hi + (lo - 128) + 128:
-  256 (hi . b) + ((lo - 128) . b) + 128 (1 . b), lo in [0, 255]. The same integers (int32 wraps mod 2^32 and
-  the total fits), 6x faster on this CPU (4.3 vs 25 ms for 16k x 128 @ 128), where int8 dots are the fast path.
+def int_matmul(a_q, b_q, a_bits: int, b_bits: int, transpose_b: bool = False):
+  """Exact int32 a @ b (or a @ b^T) of int8/int16 codes (numpy matmul axes: leading axes batch, a 2-D b
+  shared); the callers bound the sum. An int16 operand against an int8 one (or any int16 one where the
+  namespace has no wide matmul: ONNX's MatMulInteger is 8-bit) runs as int8 dots on its bytes,
+  a = 256 hi + (lo - 128) + 128: 256 (hi . b) + ((lo - 128) . b) + 128 (1 . b), lo in [0, 255]. The same
+  integers (int32 wraps mod 2^32 and the total fits), 6x faster on this CPU (4.3 vs 25 ms for 16k x 128 @ 128),
+  where int8 dots are the fast path. 1 . b is a dot too: as a sum, XLA fused it into its consumers.
   """
   xp = namespace(a_q, b_q)
+  k = a_q.shape[-1]
   if a_bits > 8 and (b_bits <= 8 or not xp.wide_matmul):
     hi, lo = a_q >> 8, (a_q & 255) - 128
-    return (256 * int_matmul(hi, b_q, 8, b_bits) + int_matmul(lo, b_q, 8, b_bits)
-            + 128 * xp.sum(b_q, axis=-2, keepdims=True))
+    ones = np.ones((1,) * (a_q.ndim - 1) + (k,), np.int32)
+    dot = lambda u: int_matmul(u, b_q, 8, b_bits, transpose_b)
+    return 256 * dot(hi) + dot(lo) + 128 * dot(ones)
   if b_bits > 8 and (a_bits <= 8 or not xp.wide_matmul):
     hi, lo = b_q >> 8, (b_q & 255) - 128
-    return (256 * int_matmul(a_q, hi, a_bits, 8) + int_matmul(a_q, lo, a_bits, 8)
-            + 128 * xp.sum(a_q, axis=-1, keepdims=True))
-  return xp.code_matmul(a_q, b_q, max(a_bits, b_bits))
+    ones = np.ones((1, k) if transpose_b else (k, 1), np.int32)
+    dot = lambda u: int_matmul(a_q, u, a_bits, 8, transpose_b)
+    return 256 * dot(hi) + dot(lo) + 128 * dot(ones)
+  return xp.code_matmul(a_q, b_q, max(a_bits, b_bits), transpose_b)
 
 
 def dense(x_q: jax.Array, p: DenseParams, y_bits: int = 8, x_bits: int = 8, w_bits: int = 8,
@@ -401,11 +417,17 @@ def relu(x_q: jax.Array) -> jax.Array:
 def masked_max(x_q: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:
   """Max over `axis` of the entries where `mask` (broadcastable to x) is True; all-masked -> 0. Scale passes.
 
-  Masked entries become INT32_MIN, below every int16 code, so they never win; no negation anywhere.
+  Masked entries become INT32_MIN, below every int16 code, so they never win; no negation anywhere. On floats
+  (the float reference) the lowest float32 instead.
   """
   xp = namespace(x_q, mask)
-  v = xp.max(xp.where(mask, x_q, INT32_MIN), axis=axis)
+  v = xp.max(xp.where(mask, x_q, _lowest(x_q)), axis=axis)
   return xp.where(xp.any(mask, axis=axis), v, 0)
+
+
+def _lowest(x):
+  """The fill a masked max or top-k gives masked entries: INT32_MIN on codes, the lowest float32 on floats."""
+  return np.finfo(np.float32).min if np.dtype(x.dtype).kind == "f" else INT32_MIN
 
 
 def masked_fill(x_q: jax.Array, mask: jax.Array, value_q: int = 0) -> jax.Array:
@@ -446,9 +468,7 @@ def matmul(a_q: jax.Array, b_q: jax.Array, rq: Requant, y_bits: int = 8, a_bits:
   ka, kb = matmul_pre_shifts(k, a_bits, b_bits)
   a_q = rshift_round(a_q, ka)
   b_q = rshift_round(b_q, kb)
-  if transpose_b:
-    b_q = namespace(b_q).swapaxes(b_q, -1, -2)
-  return requantize(int_matmul(a_q, b_q, a_bits, b_bits), rq, y_bits, hint=hint)
+  return requantize(int_matmul(a_q, b_q, a_bits, b_bits, transpose_b), rq, y_bits, hint=hint)
 
 
 # ------------------------------------------------------------------------------------------ softmax
@@ -687,3 +707,48 @@ def grid_acc_bound(step: int, radius: int, bits: int) -> int:
   the seed differences (2 L_max + R) and x + step // 2."""
   lmax = (2**(bits - 1) + step // 2) // step + 1
   return max((lmax + radius) * step, 2**(bits - 1) + step)
+
+
+# --------------------------------------------------------------------------------------- float references
+# The float ops the kernels stand for, written once for jnp and ONNX (by namespace): the fake-quant forms'
+# gradient surrogates and the float / QDQ ONNX exports run them (`ops.OpDef.float`); the model's own float
+# forms (model/primitives.py) add hand-written VJPs for training speed. relu, masked_max, masked_fill and the
+# layout ops serve floats as they are.
+def float_layernorm(x, gamma_C, beta_C, eps: float = 1e-5):
+  xp = namespace(x)
+  c = x - xp.mean(x, axis=-1, keepdims=True)
+  return c * xp.rsqrt(xp.mean(c * c, axis=-1, keepdims=True) + eps) * gamma_C + beta_C
+
+
+def float_softmax(x, mask=None):
+  """Softmax over the last axis, finite everywhere: masked entries and all-masked rows give 0."""
+  xp = namespace(x, mask)
+  if mask is None:
+    e = xp.exp(x - xp.stop_gradient(xp.max(x, axis=-1, keepdims=True)))
+  else:
+    valid = xp.broadcast_to(mask, x.shape)
+    mx = xp.max(xp.where(valid, x, -np.inf), axis=-1, keepdims=True)
+    mx = xp.stop_gradient(xp.where(xp.isfinite(mx), mx, 0.0))
+    e = xp.where(valid, xp.exp(xp.where(valid, x - mx, 0.0)), 0.0)
+  return e / xp.maximum(xp.sum(e, axis=-1, keepdims=True), 1e-30)
+
+
+def float_matmul(a, b, transpose_b: bool = False, alpha: float = 1.0):
+  xp = namespace(a, b)
+  y = xp.matmul(a, xp.swapaxes(b, -1, -2) if transpose_b else b)
+  return y if alpha == 1.0 else y * alpha
+
+
+def float_lattice(x, spacing: float):
+  """Nearest lattice index (float, ties up) of metres: floor(x * (1 / spacing) + 0.5)."""
+  return namespace(x).floor(x * np.float32(1.0 / spacing) + 0.5)
+
+
+def float_dense_grid(seeds_BxMx2, spacing: float, radius: int):
+  """(B, M*D, 2) metres: the square lattice grid of half-width `radius` around each seed (`dense_grid`)."""
+  return lattice_points(float_lattice(seeds_BxMx2, spacing), radius) * np.float32(spacing)
+
+
+def float_dense_grid_mask(seeds_BxMx2, seed_valid_BxM, spacing: float, radius: int):
+  """(B, M*D) bool: the first copy of every lattice point of a valid seed (`lattice_first`)."""
+  return lattice_first(float_lattice(seeds_BxMx2, spacing), seed_valid_BxM, radius)

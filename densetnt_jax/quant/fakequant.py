@@ -107,16 +107,10 @@ def relu(x: jax.Array, scale, *, bits: int = 8) -> jax.Array:
   return _ste(value, ref, (x, scale))
 
 
-def _float_masked_max(x, mask, axis):
-  mask = jnp.broadcast_to(mask, x.shape)
-  v = jnp.max(jnp.where(mask, x, jnp.finfo(jnp.float32).min), axis=axis)
-  return jnp.where(jnp.any(mask, axis=axis), v, 0.0)
-
-
 def masked_max(x: jax.Array, mask: jax.Array, scale, *, bits: int = 8, axis: int = -2) -> jax.Array:
   """Max over `axis` of entries where mask (broadcastable to x, e.g. mask_xV[..., None]); all-masked -> 0."""
   value = lambda x, m, s: _deq(A.masked_max(A.quantize(x, s, bits), m, axis), s)
-  ref = lambda x, m, s: _float_masked_max(fake_quant(x, s, bits), m, axis)
+  ref = lambda x, m, s: A.masked_max(fake_quant(x, s, bits), m, axis)
   return _ste(value, ref, (x, mask, scale))
 
 
@@ -163,22 +157,12 @@ def matmul(a: jax.Array, b: jax.Array, a_scale, b_scale, y_scale, *, a_bits: int
 
   def ref(a, b, sa, sb, sy):
     bq = fake_quant(b, sb, b_bits)
-    y = jnp.matmul(fake_quant(a, sa, a_bits), jnp.swapaxes(bq, -1, -2) if transpose_b else bq) * alpha
-    return _out_ste(y, sy, y_bits)
+    return _out_ste(A.float_matmul(fake_quant(a, sa, a_bits), bq, transpose_b, alpha), sy, y_bits)
 
   return _ste(value, ref, (a, b, a_scale, b_scale, y_scale))
 
 
 # ------------------------------------------------------------------------------------------ softmax
-def float_softmax(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-  """Masked softmax over the last axis, finite everywhere: masked entries and all-masked rows give 0."""
-  valid = jnp.ones(x.shape, bool) if mask is None else jnp.broadcast_to(mask, x.shape)
-  mx = jnp.max(jnp.where(valid, x, -jnp.inf), axis=-1, keepdims=True)
-  mx = sg(jnp.where(jnp.isfinite(mx), mx, 0.0))
-  e = jnp.where(valid, jnp.exp(jnp.where(valid, x - mx, 0.0)), 0.0)
-  return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
-
-
 def softmax(x: jax.Array, x_scale, y_scale, mask: jax.Array | None = None, *, x_bits: int = 8,
             y_bits: int = 8) -> jax.Array:
   """Softmax over the last axis (int16 inside, exp and reciprocal by table); masked/all-masked -> 0."""
@@ -186,19 +170,12 @@ def softmax(x: jax.Array, x_scale, y_scale, mask: jax.Array | None = None, *, x_
     return _deq(A.softmax(A.quantize(x, xs, x_bits), A.softmax_params(xs, ys), m, y_bits), ys)
 
   def ref(x, m, xs, ys):
-    return _out_ste(float_softmax(fake_quant(x, xs, x_bits), m), ys, y_bits)
+    return _out_ste(A.float_softmax(fake_quant(x, xs, x_bits), m), ys, y_bits)
 
   return _ste(value, ref, (x, mask, x_scale, y_scale))
 
 
 # ---------------------------------------------------------------------------------------- layernorm
-def float_layernorm(x: jax.Array, gamma_C: jax.Array, beta_C: jax.Array, eps: float = 1e-5) -> jax.Array:
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  c = x - mean
-  var = jnp.mean(c * c, axis=-1, keepdims=True)
-  return c * jax.lax.rsqrt(var + eps) * gamma_C + beta_C
-
-
 def layernorm(x: jax.Array, gamma_C: jax.Array, beta_C: jax.Array, x_scale, y_scale, *, x_bits: int = 8,
               y_bits: int = 8, eps: float = 1e-5, g_bits: int = 16) -> jax.Array:
   """LayerNorm over the last axis with the integer kernel's quantization points (int16 gamma, int16 inside)."""
@@ -209,7 +186,7 @@ def layernorm(x: jax.Array, gamma_C: jax.Array, beta_C: jax.Array, x_scale, y_sc
   def ref(x, g, b, xs, ys):
     s_g = sg(A.activation_scale(jnp.max(jnp.abs(g)), g_bits))   # per-tensor int16 gamma, identity STE
     gq = sg(A.dequantize(A.quantize(g, s_g, g_bits, narrow=True), s_g)) + (g - sg(g))
-    y = float_layernorm(fake_quant(x, xs, x_bits), gq, b, eps)
+    y = A.float_layernorm(fake_quant(x, xs, x_bits), gq, b, eps)
     return _out_ste(y, ys, y_bits)
 
   return _ste(value, ref, (x, gamma_C, beta_C, x_scale, y_scale))

@@ -3,16 +3,20 @@
 Each `OpDef` says, for its kind: the schema (number of inputs, constant names, attrs the recorder writes), how
 `convert` derives the integer constants from the float params and scales (`derive`: the same `arith.*_params`
 calls as the fake-quant forms), the integer kernel the interpreter runs (`kernel`, the `arith` function the
-fake-quant forward runs too), its requant triples and lookup tables, the bound of every int32 intermediate the
-kernel computes (`bounds`, from the op's stored constants and its producers' shapes; `row_shift` for requants
-whose shift grows per row), and its cost (`macs`, `work` x `element_ops`). The interpreter, the model checker,
-the artifact reader, `convert` and the cost model iterate a program and ask `OPS[op.kind]`: none of them
-branches on kind strings. Adding an op kind is one entry here (plus its `arith` kernel and the model code that
-records it; the ONNX emitters in deploy/ have their own per-kind table).
+fake-quant forward runs too, and the integer ONNX export on ONNX tensors), the float op it stands for
+(`float`: arith's float references, which the float and QDQ ONNX exports run) and whether its output is a
+quantization point, its requant triples and lookup tables, the bound of every int32 intermediate the kernel
+computes (`bounds`, from the op's stored constants and its producers' shapes; `row_shift` for requants whose
+shift grows per row), and its cost (`macs`, `work` x `element_ops`). The interpreter, the model checker, the
+artifact reader, `convert`, the cost model and the ONNX exports iterate a program and ask `OPS[op.kind]`: none
+of them branches on kind strings. Adding an op kind is one entry here, plus its `arith` kernel (and float
+reference) and the model code that records it; deploy/onnx_ops.py's ONNX_OPS only where ONNX needs more (int8
+weights, operations on the codes behind a DequantizeLinear).
 
 `op` below is a `program.Op` (duck-typed: kind, inputs, bits, attrs, consts, shape); `ins` the inputs' facts
 (`.shape` with the batch None, `.dtype` the stored dtype, `.bits`); `consts` the op's constants as arrays;
-`xs` the inputs as int32 (codes widened), masks and indices as they are.
+`xs` the inputs as int32 (codes widened), masks and indices as they are, or the float tensors of a float form;
+arrays of any namespace (`arith.namespace`: jnp, or ONNX tensors).
 """
 from __future__ import annotations
 
@@ -122,6 +126,10 @@ class OpDef:
   consts: tuple                         # constant names the kernel reads (concat: one requant per input)
   attrs: tuple                          # attrs the recorder writes
   kernel: Callable                      # (op, consts, xs, hints) -> output; hints: {requant prefix: RequantHint}
+  float: Callable | None = None         # (op, () -> its module's float params, xs) -> the float op the kernel
+                                        #  stands for (arith's float references, any namespace); None: the
+                                        #  kernel itself (it moves, compares or masks values of any dtype)
+  point: bool = False                   # its output gets a scale of its own (a quantization point: QDQ's Q/DQ)
   derive: Callable | None = None        # (recorded op, () -> its module's float params, input scales, output
                                         #  scale, input widths) -> integer constants; None: it has none
   hinted_requants: Callable = lambda op: ()    # (op) -> prefixes of the requants the kernel takes a static hint for
@@ -367,10 +375,16 @@ def _glue(kind: str, inputs: int | None, attrs: tuple, kernel: Callable, element
   return OpDef(kind, inputs, (), attrs, kernel, glue=True, element_ops=element_ops, **{"widen_inputs": False, **kw})
 
 
-def _top_k(op, c, xs, hints):
+def _top_k(op, xs, low):
   # codes order like their values (s > 0); masked entries last, ties to the lower index (lax.top_k)
   xp = A.namespace(*xs)
-  return xp.top_k_indices(xp.where(xs[1], xs[0], A.INT32_MIN), op.attrs["k"])
+  return xp.top_k_indices(xp.where(xs[1], xs[0], low), op.attrs["k"])
+
+
+def _dense_float(op, params_of, xs):
+  p = params_of()
+  y = A.float_matmul(xs[0], p["kernel"])
+  return y if p.get("bias") is None else y + p["bias"]
 
 
 def _quantize(op, c, xs, hints):
@@ -378,55 +392,70 @@ def _quantize(op, c, xs, hints):
 
 
 _TABLE = (
-    OpDef("quantize", 2, ("scale",), ("in_bits",),
-          _quantize, element_ops=3),
-    OpDef("dense", 1, ("w_q", "b_q") + RQ, ("in_bits",), _dense_kernel, _dense_derive, _one_requant,
-          bounds=_dense_bounds, kernel_attrs=("in_bits",), macs=_dense_macs, element_ops=2, weights="w_q"),
+    OpDef("quantize", 2, ("scale",), ("in_bits",), _quantize,
+          lambda op, p, xs: A.namespace(*xs).where(xs[1], xs[0], 0.0), point=True, element_ops=3),
+    OpDef("dense", 1, ("w_q", "b_q") + RQ, ("in_bits",), _dense_kernel, _dense_float, point=True,
+          derive=_dense_derive, hinted_requants=_one_requant, bounds=_dense_bounds, kernel_attrs=("in_bits",),
+          macs=_dense_macs, element_ops=2, weights="w_q"),
     OpDef("layernorm", 1, ("eps_m", "eps_e") + requant_keys("z_") + ("g_q", "b_q") + RQ, ("eps", "in_bits"),
-          _layernorm_kernel, _layernorm_derive, _one_requant, luts=("RSQRT_TABLE",), bounds=_layernorm_bounds,
-          row_shift=_layernorm_row_shift, kernel_attrs=("in_bits",), work=_input_elements, element_ops=12,
-          reduces_rows=True),
+          _layernorm_kernel, lambda op, p, xs: A.float_layernorm(xs[0], p()["scale"], p()["bias"], op.attrs["eps"]),
+          point=True, derive=_layernorm_derive, hinted_requants=_one_requant, luts=("RSQRT_TABLE",),
+          bounds=_layernorm_bounds, row_shift=_layernorm_row_shift, kernel_attrs=("in_bits",),
+          work=_input_elements, element_ops=12, reduces_rows=True),
     OpDef("relu", 1, (), ("in_bits",), lambda op, c, xs, h: A.relu(xs[0])),
     OpDef("masked_max", 2, (), ("in_bits",), lambda op, c, xs, h: A.masked_max(xs[0], xs[1][..., None], axis=-2),
           work=_input_elements, reduces_rows=True),
     OpDef("masked_fill", 2, (), ("in_bits",), lambda op, c, xs, h: A.masked_fill(xs[0], xs[1])),
-    OpDef("matmul", 2, RQ, ("alpha", "in_bits", "k", "transpose_b"), _matmul_kernel, _matmul_derive, _one_requant,
-          bounds=_matmul_bounds, kernel_attrs=("in_bits", "transpose_b"), macs=_matmul_macs, element_ops=2,
+    OpDef("matmul", 2, RQ, ("alpha", "in_bits", "k", "transpose_b"), _matmul_kernel,
+          lambda op, p, xs: A.float_matmul(xs[0], xs[1], op.attrs["transpose_b"], op.attrs["alpha"]),
+          point=True, derive=_matmul_derive, hinted_requants=_one_requant, bounds=_matmul_bounds,
+          kernel_attrs=("in_bits", "transpose_b"), macs=_matmul_macs, element_ops=2,
           shape_problems=_matmul_shape_problems),
-    OpDef("softmax", 1, requant_keys("t_") + RQ, ("in_bits",), _softmax_kernel, _softmax_derive, _one_requant,
-          luts=("EXP_TABLE", "RECIP_TABLE"), bounds=_softmax_bounds, row_shift=_softmax_row_shift,
-          kernel_attrs=("in_bits",), work=_input_elements, element_ops=10, reduces_rows=True),
-    OpDef("add", 2, ("mx", "my") + RQ, ("in_bits",), _add_kernel, _add_derive, _one_requant, bounds=_add_bounds,
-          kernel_attrs=("in_bits",), element_ops=4, operand_multipliers=("mx", "my")),
-    OpDef("mask_add", 2, ("mx", "my") + RQ, ("in_bits",), _mask_add_kernel, _mask_add_derive, _one_requant,
-          bounds=_add_bounds, kernel_attrs=("in_bits",), element_ops=4, operand_multipliers=("mx", "my")),
-    OpDef("concat", None, (), ("axis", "in_bits"), _concat_kernel, _concat_derive, _per_input_requant,
-          kernel_attrs=("in_bits", "axis"), element_ops=2, per_input_requant=True),
+    OpDef("softmax", 1, requant_keys("t_") + RQ, ("in_bits",), _softmax_kernel,
+          lambda op, p, xs: A.float_softmax(xs[0]), point=True, derive=_softmax_derive,
+          hinted_requants=_one_requant, luts=("EXP_TABLE", "RECIP_TABLE"), bounds=_softmax_bounds,
+          row_shift=_softmax_row_shift, kernel_attrs=("in_bits",), work=_input_elements, element_ops=10,
+          reduces_rows=True),
+    OpDef("add", 2, ("mx", "my") + RQ, ("in_bits",), _add_kernel, lambda op, p, xs: xs[0] + xs[1], point=True,
+          derive=_add_derive, hinted_requants=_one_requant, bounds=_add_bounds, kernel_attrs=("in_bits",),
+          element_ops=4, operand_multipliers=("mx", "my")),
+    OpDef("mask_add", 2, ("mx", "my") + RQ, ("in_bits",), _mask_add_kernel,
+          lambda op, p, xs: xs[0] + A.namespace(*xs).where(xs[1], 0.0, float(A.MASK_NEG_Q)), point=True,
+          derive=_mask_add_derive, hinted_requants=_one_requant, bounds=_add_bounds, kernel_attrs=("in_bits",),
+          element_ops=4, operand_multipliers=("mx", "my")),
+    OpDef("concat", None, (), ("axis", "in_bits"), _concat_kernel,
+          lambda op, p, xs: A.namespace(*xs).concatenate(xs, axis=op.attrs["axis"]), point=True,
+          derive=_concat_derive, hinted_requants=_per_input_requant, kernel_attrs=("in_bits", "axis"),
+          element_ops=2, per_input_requant=True),
     OpDef("dense_grid", 1, ("step",), ("in_bits", "radius", "spacing"),
-          lambda op, c, xs, h: A.dense_grid(xs[0], c["step"], op.attrs["radius"], op.bits), _grid_derive,
-          bounds=_grid_bounds, kernel_attrs=("in_bits", "radius"), attr_problems=_grid_attr_problems,
-          element_ops=4),
+          lambda op, c, xs, h: A.dense_grid(xs[0], c["step"], op.attrs["radius"], op.bits),
+          lambda op, p, xs: A.float_dense_grid(xs[0], op.attrs["spacing"], op.attrs["radius"]),
+          derive=_grid_derive, bounds=_grid_bounds, kernel_attrs=("in_bits", "radius"),
+          attr_problems=_grid_attr_problems, element_ops=4),
     OpDef("dense_grid_mask", 2, ("step",), ("in_bits", "radius", "spacing"),
           lambda op, c, xs, h: A.dense_grid_mask(xs[0], xs[1], c["step"], op.attrs["radius"], op.attrs["in_bits"][0]),
-          _grid_derive, bounds=_grid_bounds, kernel_attrs=("in_bits", "radius"), attr_problems=_grid_attr_problems,
-          work=_points_x_seeds, element_ops=4),
+          lambda op, p, xs: A.float_dense_grid_mask(xs[0], xs[1], op.attrs["spacing"], op.attrs["radius"]),
+          derive=_grid_derive, bounds=_grid_bounds, kernel_attrs=("in_bits", "radius"),
+          attr_problems=_grid_attr_problems, work=_points_x_seeds, element_ops=4),
     OpDef("log_softmax", 1, ("in_scale",), ("in_bits",),
-          lambda op, c, xs, h: jax.nn.log_softmax(A.dequantize(xs[0], c["in_scale"]), axis=-1), host=True,
-          reduces_rows=True),
+          lambda op, c, xs, h: A.namespace(*xs).log_softmax(A.dequantize(xs[0], c["in_scale"])),
+          lambda op, p, xs: A.namespace(*xs).log_softmax(xs[0]), host=True, reduces_rows=True),
     _glue("reshape", 1, ("shape",), lambda op, c, xs, h: xs[0].reshape(_batch_shape(op.attrs["shape"], xs[0])),
           element_ops=0, is_view=lambda op, tensors: True),
     _glue("broadcast_to", 1, ("shape",),
           lambda op, c, xs, h: A.namespace(*xs).broadcast_to(xs[0], _batch_shape(op.attrs["shape"], xs[0]))),
     _glue("index", 1, ("index",), lambda op, c, xs, h: xs[0][op.attrs["index"]], element_ops=0,
           is_view=lambda op, tensors: elements(op.shape, 1) == elements(tensors[op.inputs[0]][0], 1)),
-    _glue("concatenate", None, ("axis",), lambda op, c, xs, h: A.namespace(*xs).concatenate(xs, axis=op.attrs["axis"]),
-          joins_codes=True),
+    _glue("concatenate", None, ("axis",),
+          lambda op, c, xs, h: A.namespace(*xs).concatenate(xs, axis=op.attrs["axis"]), joins_codes=True),
     _glue("tile", 1, ("reps",), lambda op, c, xs, h: A.namespace(*xs).tile(xs[0], op.attrs["reps"])),
     _glue("moveaxis", 1, ("destination", "source"),
           lambda op, c, xs, h: A.namespace(*xs).moveaxis(xs[0], op.attrs["source"], op.attrs["destination"])),
     _glue("take_along_axis", 2, ("axis",),
           lambda op, c, xs, h: A.namespace(*xs).take_along_axis(xs[0], xs[1], axis=op.attrs["axis"])),
-    _glue("top_k", 2, ("k",), _top_k, work=_input_elements, element_ops=8, widen_inputs=True, reduces_rows=True),
+    _glue("top_k", 2, ("k",), lambda op, c, xs, h: _top_k(op, xs, A.INT32_MIN),
+          float=lambda op, p, xs: _top_k(op, xs, -np.inf), work=_input_elements, element_ops=8,
+          widen_inputs=True, reduces_rows=True),
 )
 OPS: dict[str, OpDef] = {d.kind: d for d in _TABLE}
 GLUE = tuple(d.kind for d in _TABLE if d.glue)
