@@ -12,7 +12,6 @@ Post-processing rows (endpoint, selection) reuse a variant's checkpoints and pro
 each variant was chosen on val (99 scenes), so val_large (the 400 held-out archive scenes + those 99) is the
 cleaner yardstick for comparing rows.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,6 +19,7 @@ import pathlib
 from absl import app, flags
 
 from densetnt_jax import cli
+from densetnt_jax.workdir import config_from
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,10 +66,7 @@ def has_stage(workdir: str, stage: str) -> bool:
 
 
 def real_config(variant: str, selection: str | None = None, endpoint: str | None = None):
-  spec = importlib.util.spec_from_file_location("argo_config", ROOT / "configs" / "argo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("real")
+  c = config_from(f"{ROOT / 'configs' / 'argo.py'}:real")
   v = VARIANTS[variant]
   c.model.dense_seeds = v.get("dense_seeds", c.model.dense_seeds)
   c.model.lane_scoring = v.get("lane_scoring", c.model.lane_scoring)

@@ -23,7 +23,6 @@ A second run of either reuses what the first wrote.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import time
 
@@ -42,23 +41,13 @@ from densetnt_jax.eval.visualize import save_scene_png
 from densetnt_jax.train import stages as train_stages
 from densetnt_jax.train.loop import train_and_evaluate
 from densetnt_jax.metrics import TABLE_METRICS as METRICS
-from densetnt_jax.workdir import STAGES, load_program
+from densetnt_jax.workdir import STAGES
+from densetnt_jax.workdir import config_from as config_from   # the notebook's way in: pipelines.config_from(...)
 
 
 
 def step(title: str) -> None:
   print(f"\n=== {title} ===", flush=True)
-
-
-def config_from(spec: str):
-  """"configs/argo.py:demo,target=int8" -> its ConfigDict, as `--config=` reads it (a notebook's way in)."""
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("densetnt_config", path)
-  if module_spec is None:
-    raise FileNotFoundError(f"config file {path!r} is not a .py file; give one like configs/argo.py[:demo]")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 # --- the demo (`make demo`, bin/demo.py) ---
@@ -199,10 +188,7 @@ def check_target(config, workdir: str, *, table: bool = True) -> int:
   """bin/model_checker.py: the int program against config.target, its report printed (`table`=False: only the
   summary and the verdict lines); 0 when it fits, else 1."""
   step(f"model checker (target {config.target.name})")
-  report = checker.check_program(load_program(workdir), checker.TargetSpec.from_config(config.target))
-  lines = checker.format_report(report)
-  print(lines if table else "\n".join(lines.splitlines()[-2:]))
-  return 0 if report.ok else 1
+  return checker.run(config, workdir, table=table)
 
 
 def deploy_program(config, workdir: str, *, export_stages: tuple = ("int",), export_batches: int = 2,

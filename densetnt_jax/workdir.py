@@ -16,9 +16,13 @@ the checkpoints are read by `densetnt_jax.train.checkpoint`.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 
 from densetnt_jax.quant.program import load_program as _load_program
+
+PROJECT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "argo.py"   # absent on a deployment host
 
 STAGES = ("float", "calibration", "qat", "int")
 STAGE_INPUT = {"calibration": "float", "qat": "calibration", "int": "qat"}   # stage -> the stage it starts from
@@ -45,6 +49,17 @@ def checkpoint_dir(workdir, stage: str = "float", which: str = "latest") -> str:
 
 def program_dir(workdir) -> str:
   return os.path.join(os.path.abspath(str(workdir)), "int", PROGRAM_DIR)
+
+
+def config_from(spec: str):
+  """"configs/argo.py:demo,target=int8" -> its ConfigDict, as `--config=` reads it (a notebook's way in)."""
+  path, _, variant = str(spec).partition(":")
+  module_spec = importlib.util.spec_from_file_location("densetnt_config", path)
+  if module_spec is None:
+    raise FileNotFoundError(f"config file {path!r} is not a .py file; give one like configs/argo.py[:demo]")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant)
 
 
 def load_program(workdir):

@@ -1,19 +1,17 @@
 """Shared fixtures: the real Argoverse 1.1 sample (../shared/data/argoverse1) and the project config."""
-import importlib.util
 import os
 import pathlib
 
 import pytest
+
+from densetnt_jax.workdir import config_from
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGO = pathlib.Path(os.environ.get("ARGOVERSE1_SHARED", ROOT.parent / "shared" / "data" / "argoverse1"))
 
 
 def load_config(variant: str = ""):
-  spec = importlib.util.spec_from_file_location("argo_config", ROOT / "configs" / "argo.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_from(f"{ROOT / 'configs' / 'argo.py'}:{variant}")
 
 
 def tiny_config(lmdb_dir, overrides: dict):

@@ -149,6 +149,9 @@ def test_the_config_flag_reads_a_composed_variant_and_overrides_on_top():
   assert values.config.to_dict() == want.to_dict()
 
 
-def test_a_notebook_gets_the_same_config_from_pipelines():
+def test_a_notebook_gets_what_the_config_flag_gives():
   spec = f"{ROOT / 'configs' / 'argo.py'}:sample,tiny"
-  assert pipelines.config_from(spec).to_dict() == load_config("sample,tiny").to_dict()
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=["prog", f"--config={spec}"])
+  values(["prog", f"--config={spec}"])
+  assert pipelines.config_from(spec).to_dict() == values.config.to_dict()

@@ -53,7 +53,7 @@ def test_run_demo_makes_the_calls_of_make_demo_in_order(monkeypatch):
   monkeypatch.setattr(pipelines, "format_table", lambda results, **kwargs: "")
   monkeypatch.setattr(pipelines, "load_predictor", record("load", predictor))
   monkeypatch.setattr(pipelines, "render_predictions", record("render_predictions", ["infer/1.png"]))
-  monkeypatch.setattr(pipelines, "load_program", record("load_program", program))
+  monkeypatch.setattr(checker, "load_program", record("load_program", program))
   monkeypatch.setattr(checker, "check_program", record("check_program", types.SimpleNamespace(ok=True)))
   monkeypatch.setattr(checker, "format_report", lambda report: "rows\nsummary\nPASS")
   monkeypatch.setattr(compiler, "run", record("compiler.run", 0))

@@ -91,7 +91,7 @@ def test_qdq_export_within_lsb_bar(tiny_quant):
   program = t["program"]
   proto = X.export_qdq(t["model"], t["params"], t["quant"], t["batches"][0], t["config"], program=program)
   nodes = proto.graph.node
-  points = [o for o in program.ops if o.kind in X.POINT_KINDS]
+  points = [o for o in program.ops if onnx_ops.OPS[o.kind].point]
   assert sum(n.op_type == "QuantizeLinear" for n in nodes) == len(points)
   inits = {i.name: i for i in proto.graph.initializer}
   zp_types = {inits[n.input[2]].data_type for n in nodes if n.op_type == "QuantizeLinear"}

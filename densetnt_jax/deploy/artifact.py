@@ -43,11 +43,9 @@ import dataclasses
 import functools
 import hashlib
 import hmac
-import importlib.util
 import json
 import math
 import os
-import pathlib
 import re
 import reprlib
 import stat
@@ -62,6 +60,7 @@ from densetnt_jax.quant import arith as A
 from densetnt_jax.quant.ops import OPS, OpDef
 from densetnt_jax.quant.program import FORMAT as PROGRAM_FORMAT
 from densetnt_jax.quant.program import Program, from_document, to_document
+from densetnt_jax.workdir import PROJECT_CONFIG, config_from
 
 MAGIC = b"DTNTINT\0"
 VERSION = 2                               # 2: flags and the file length in the prefix, keyed signature, target
@@ -629,13 +628,9 @@ def _check_epilogue(program: Program, where: str) -> None:
 def default_target() -> TargetSpec | None:
   """The target of `configs/argo.py` (the same in every variant), or None where the package runs without the
   repository's configs (a deployment host: artifacts record their target)."""
-  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "argo.py"
-  if not path.is_file():
+  if not PROJECT_CONFIG.is_file():
     return None
-  module_spec = importlib.util.spec_from_file_location("densetnt_default_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return TargetSpec.from_config(module.get_config().target)
+  return TargetSpec.from_config(config_from(PROJECT_CONFIG).target)
 
 
 def _check_target(program: Program, target: dict | None, where: str) -> None:

@@ -571,12 +571,14 @@ def format_report(report: CheckReport, max_rows: int | None = None) -> str:
   return "\n".join(lines)
 
 
-def run(config, workdir: str, program: Program | None = None, quiet: bool = False) -> int:
-  """bin/model_checker.py: check the workdir's int program against config.target; 0 when it fits, else 1."""
+def run(config, workdir: str, program: Program | None = None, quiet: bool = False, table: bool = True) -> int:
+  """bin/model_checker.py: check the workdir's int program against config.target, print the report (`table`=False:
+  only its summary and verdict lines); 0 when it fits, else 1."""
   if program is None:
     program = load_program(workdir)
   report = check_program(program, TargetSpec.from_config(config.target))
   if not quiet:
-    print(format_report(report))
+    text = format_report(report)
+    print(text if table else "\n".join(text.splitlines()[-2:]))
   return 0 if report.ok else 1
 

@@ -32,7 +32,6 @@ from densetnt_jax.quant.ops import TensorFacts
 from densetnt_jax.quant.program import Program
 
 OUTPUT_ROLES = ("goal_logprobs_BxG", "topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
-POINT_KINDS = ops.POINT_KINDS      # the kinds QDQ quantizes the output of
 DEFAULT_OPSET = 21          # int16 QuantizeLinear / DequantizeLinear
 
 
@@ -62,17 +61,11 @@ def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: 
     e.scope = op.name
     env[op.name] = emit_op(e, op, [env[i] for i in op.inputs], [facts[i] for i in op.inputs])
     facts[op.name] = TensorFacts(tuple(op.shape), "int32" if op.bits and codes_as_int else op.dtype, op.bits)
-  shapes = {k: f.shape for k, f in facts.items()}
   e.scope = "outputs"
   outputs = []
   for tname in handed:
-    if tname in program.inputs:
-      dtype = program.inputs[tname][1]
-    else:
-      dtype = "int32" if program.op(tname).bits else program.op(tname).dtype
     e.node("Identity", [env[tname]], outputs=f"host/{tname}")
-    outputs.append(ops.value_info(f"host/{tname}", shapes[tname], {"bool": bool, "float32": np.float32}.get(
-        dtype, np.int32)))
+    outputs.append(ops.value_info(f"host/{tname}", facts[tname].shape, facts[tname].dtype))
   for role in OUTPUT_ROLES:
     if program.outputs[role] in host:
       continue
@@ -105,17 +98,13 @@ def _int_op(e: Emitter, op, xs, ins):
 
 
 def _float_out(e, op, t):
-  return t, (bool if op.dtype == "bool" else np.float32)
-
-
-def _record(model, params, quant_state, example_inputs) -> Program:
-  return convert(model, params, quant_state, example_inputs)
+  return t, op.dtype
 
 
 def export_float(model, params, example_inputs: dict, config) -> onnx.ModelProto:
   """The float model's predict (up to the five program outputs) as ONNX, float params as initializers. The op
   list is recorded as `convert` records it, with a fresh quant state (its scales are not used)."""
-  program = _record(model, params, init_quant_state(model, params, example_inputs, config.quant), example_inputs)
+  program = convert(model, params, init_quant_state(model, params, example_inputs, config.quant), example_inputs)
   return _build(program, functools.partial(_float_op, ctx=ops.QuantCtx(params)), _float_out, opset=opset_of(config),
                 name="densetnt_float", doc="DenseTNT float predict up to the top-k goals; NMS on the host")
 
@@ -125,7 +114,7 @@ def export_qdq(model, params, quant: dict, example_inputs: dict, config, program
   """QDQ ONNX of the fake-quant model (params + calibrated/QAT quant state): float ops with Q/DQ after each
   quantization point (int8/int16 activation scales), int8 per-channel weights and int32 biases dequantized
   in the graph. `program`: the convert of the same (params, quant), if already at hand."""
-  program = program or _record(model, params, quant, example_inputs)
+  program = program or convert(model, params, quant, example_inputs)
   scales = {o.name: o.scale for o in program.ops if o.scale is not None}
   opset = opset_of(config)
   if opset < 21 and any(o.bits == 16 for o in program.ops if ops.onnx_op(o, "qdq").point):
@@ -139,7 +128,7 @@ def export_qdq(model, params, quant: dict, example_inputs: dict, config, program
 def _int_out(e, op, t):
   if op.bits:
     return e.node("Mul", [e.cast(t, np.float32), np.float32(op.consts["scale"])]), np.float32
-  return t, {"bool": bool, "float32": np.float32, "int32": np.int32}[op.dtype]
+  return t, op.dtype
 
 
 def export_int(program: Program, config=None, *, codes: bool = False) -> onnx.ModelProto:

@@ -612,7 +612,6 @@ ONNX_OPS: dict[str, OnnxOpDef] = {d.kind: d for d in (
     *(OnnxOpDef(kind, qdq=_layout_qdq) for kind in ("reshape", "broadcast_to", "index", "concatenate", "tile",
                                                      "moveaxis")),
 )}
-POINT_KINDS = tuple(kind for kind, d in OPS.items() if d.point)
 
 
 def onnx_op(op, form: str) -> OnnxOpDef:
