@@ -229,27 +229,20 @@ class Sym:
     return Sym(self.xp, index(self.xp.e, self.name, idx, self.ndim), _probed(self.shape, lambda v: v[idx]),
                self.dtype)
 
-  __add__ = lambda a, b: a.xp.add(a, b)
-  __radd__ = lambda a, b: a.xp.add(b, a)
-  __sub__ = lambda a, b: a.xp.subtract(a, b)
-  __rsub__ = lambda a, b: a.xp.subtract(b, a)
-  __mul__ = lambda a, b: a.xp.multiply(a, b)
-  __rmul__ = lambda a, b: a.xp.multiply(b, a)
-  __truediv__ = lambda a, b: a.xp.divide(a, b)
-  __rshift__ = lambda a, b: a.xp.right_shift(a, b)
-  __rrshift__ = lambda a, b: a.xp.right_shift(b, a)
-  __lshift__ = lambda a, b: a.xp.left_shift(a, b)
-  __rlshift__ = lambda a, b: a.xp.left_shift(b, a)
-  __and__ = lambda a, b: a.xp.bitwise_and(a, b)
-  __rand__ = lambda a, b: a.xp.bitwise_and(b, a)
   __invert__ = lambda a: a.xp.logical_not(a)
   __neg__ = lambda a: a.xp.negative(a)
-  __ge__ = lambda a, b: a.xp.greater_equal(a, b)
-  __gt__ = lambda a, b: a.xp.greater(a, b)
-  __le__ = lambda a, b: a.xp.less_equal(a, b)
-  __lt__ = lambda a, b: a.xp.less(a, b)
-  __eq__ = lambda a, b: a.xp.equal(a, b)
   __hash__ = None
+
+
+# Sym's binary operators, each the namespace function of jnp's name (and the reflected form where numpy has one)
+for _op, _fn, _reflected in (("add", "add", True), ("sub", "subtract", True), ("mul", "multiply", True),
+                             ("rshift", "right_shift", True), ("lshift", "left_shift", True),
+                             ("and", "bitwise_and", True), ("truediv", "divide", False), ("eq", "equal", False),
+                             ("ge", "greater_equal", False), ("gt", "greater", False), ("le", "less_equal", False),
+                             ("lt", "less", False)):
+  setattr(Sym, f"__{_op}__", lambda a, b, _fn=_fn: getattr(a.xp, _fn)(a, b))
+  if _reflected:
+    setattr(Sym, f"__r{_op}__", lambda a, b, _fn=_fn: getattr(a.xp, _fn)(b, a))
 
 
 def _elementwise(op_type: str, fold: Callable, result_dtype=None):
