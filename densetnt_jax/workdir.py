@@ -70,7 +70,16 @@ def load_program(workdir):
   return _load_program(path)
 
 
+def artifact_path(workdir) -> str:
+  """Where bin/compile_perf.py writes the compiled artifact."""
+  return os.path.join(str(workdir), "deploy", ARTIFACT_NAME)
+
+
+def onnx_path(workdir, stage: str) -> str:
+  """Where bin/export_onnx.py writes a stage's ONNX export."""
+  return os.path.join(str(workdir), "export", f"densetnt_{stage}.onnx")
+
+
 def deployed_paths(workdir) -> tuple[str, str]:
-  """(compiled artifact, integer ONNX) where bin/compile_perf.py and bin/export_onnx.py write them."""
-  return (os.path.join(str(workdir), "deploy", ARTIFACT_NAME),
-          os.path.join(str(workdir), "export", "densetnt_int.onnx"))
+  """(compiled artifact, integer ONNX) of a workdir."""
+  return artifact_path(workdir), onnx_path(workdir, "int")

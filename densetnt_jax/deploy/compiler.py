@@ -16,7 +16,7 @@ from densetnt_jax.deploy.checker import TargetSpec
 from densetnt_jax.deploy.perf import HAT_J6E_REFERENCE, estimate, format_perf, measure_interpreter, synthetic_inputs
 from densetnt_jax.quant.interpreter import run_program
 from densetnt_jax.quant.program import Program
-from densetnt_jax.workdir import ARTIFACT_NAME, load_program
+from densetnt_jax.workdir import ARTIFACT_NAME, artifact_path, load_program
 
 
 def verify_artifact(program: Program, path: str, *, batch: int = 1, fresh_check: bool = True) -> tuple[bool, dict]:
@@ -50,8 +50,8 @@ def run(config, workdir: str, out_dir: str | None = None, reps: int = 5, measure
     print("\n".join(str(v) for v in report.violations))
     print(f"refusing to compile: the program does not fit target {spec.name} (bin/model_checker.py for the table)")
     return 1
-  out_dir = out_dir or os.path.join(workdir, "deploy")
-  path = os.path.join(out_dir, ARTIFACT_NAME)
+  path = os.path.join(out_dir, ARTIFACT_NAME) if out_dir else artifact_path(workdir)
+  out_dir = os.path.dirname(path)
   written = artifact.write(program, path, info=dict(target=spec.name, workdir=str(workdir)), target=spec)
   print(f"checked against {spec.name}: PASS; wrote {path}: {written['nbytes']} bytes, "
         f"sha256 {written['sha256'][:16]}...")

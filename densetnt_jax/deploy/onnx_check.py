@@ -42,7 +42,7 @@ from densetnt_jax.quant.interpreter import finish_kernel, run_host_part
 from densetnt_jax.quant.program import Program
 from densetnt_jax.quant.qtensor import raw
 from densetnt_jax.train.checkpoint import restore_stage
-from densetnt_jax.workdir import load_program
+from densetnt_jax.workdir import load_program, onnx_path
 
 LOGPROB_ROLES = ("goal_logprobs_BxG", "topk_logprobs_BxN")    # float epilogue (config.target.host_ops)
 TOPK_ROLES = ("topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
@@ -368,7 +368,7 @@ def run(config, workdir, stage: str, *, output: str | None = None, num_batches: 
   n = int(num_batches or config.export.num_batches)
   batches = _val_batches(config, n)
   proto, reference, scales, check = export_workdir(config, workdir, stage, batches)
-  path = output or os.path.join(str(workdir), "export", f"densetnt_{stage}.onnx")
+  path = output or onnx_path(workdir, stage)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   onnx.save(proto, path)
   size = os.path.getsize(path)
