@@ -21,6 +21,12 @@ def progress_bar(iterable=None, **kwargs) -> tqdm:
   return tqdm(iterable, **kwargs)
 
 
+def show(bar: tqdm, **postfix) -> None:
+  """Sets the bar's postfix (loss, speed); it is drawn with the next update (tqdm's set_postfix redraws at once,
+  which in a log wrote a line every time: every 10 steps of training instead of every 30 s)."""
+  bar.set_postfix(postfix, refresh=False)
+
+
 def _stderr_is_tty() -> bool:
   try:
     return sys.stderr.isatty()

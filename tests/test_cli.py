@@ -87,3 +87,21 @@ def test_verbose_adds_the_traceback():
   proc = _script("bin/plot_metrics.py", "/nonexistent/workdir", "--verbose")
   assert proc.returncode == 2 and "Traceback" in proc.stderr
   assert proc.stderr.splitlines()[-1].startswith("error: /nonexistent/workdir has no")
+
+
+def test_a_bar_in_a_log_writes_a_line_per_interval_even_with_a_changing_postfix(monkeypatch):
+  """A log (stderr not a terminal) gets a progress line at most every LOG_INTERVAL_S: 1,000 steps with the loss
+  shown every 10 (as training does) write a few lines, not 100 (tqdm's set_postfix redraws at once)."""
+  import io
+
+  from densetnt_jax import progress
+  monkeypatch.setattr(progress, "_stderr_is_tty", lambda: False)
+  log = io.StringIO()
+  bar = progress.progress_bar(total=1000, desc="train", file=log)
+  for i in range(1000):
+    bar.update(1)
+    if i % 10 == 0:
+      progress.show(bar, loss=f"{i / 1000:.3f}")
+  bar.close()
+  lines = [line for line in log.getvalue().replace("\r", "\n").splitlines() if line.strip()]
+  assert 1 <= len(lines) <= 3, lines[:5]

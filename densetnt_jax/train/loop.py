@@ -36,7 +36,7 @@ from densetnt_jax.data.loader import ArgoverseDataset, open_split
 from densetnt_jax.data.scene import Scene, model_inputs
 from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import build_model
-from densetnt_jax.progress import progress_bar
+from densetnt_jax.progress import progress_bar, show
 from densetnt_jax.train import checkpoint as ckpt
 from densetnt_jax.train.predict import stage_predict_fn
 from densetnt_jax.train.step import init_train_state, make_optimizer, train_step
@@ -309,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
           values.update({"epoch": epoch, "scenes_per_s": len(window) * t.batch_size / elapsed,
                          "steps_per_s": len(window) / elapsed, "data_wait_fraction": wait_s / elapsed})
           log.write(step, values)
-          bar.set_postfix(loss=f"{values['train/loss']:.3f}", scenes_s=f"{values['scenes_per_s']:.1f}")
+          show(bar, loss=f"{values['train/loss']:.3f}", scenes_s=f"{values['scenes_per_s']:.1f}")
           final.update(values)
           window, window_start, wait_s = [], time.perf_counter(), 0.0
 
