@@ -13,11 +13,7 @@ PACKAGE = ROOT / "densetnt_jax"
 TABLES = {"quant/ops.py", "deploy/onnx_ops.py"}
 
 # (file, enclosing function, kind): why this comparison stays outside the tables
-ALLOWED = {
-    ("deploy/onnx_check.py", "int_reference", "reshape"):
-        "a `while` that follows the reshape chain from the trajectory output back to the code op the interpreter "
-        "returns codes for: a walk of the program's shape, not a per-kind definition",
-}
+ALLOWED: dict = {}
 
 
 def _kind_expr(node) -> bool:

@@ -35,7 +35,6 @@ from densetnt_jax.metrics import TABLE_METRICS as METRICS
 from densetnt_jax.metrics import evaluate
 from densetnt_jax.model import build_model
 from densetnt_jax.postprocess import PostprocessSettings
-from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import calibration
 from densetnt_jax.quant import convert, run_program
 from densetnt_jax.quant.interpreter import finish_kernel, run_host_part
@@ -116,23 +115,13 @@ def jax_reference(model, params, quant: dict | None = None):
 
 
 def int_reference(program: Program, codes: bool = False):
-  """inputs -> the five outputs of `run_program` (the trajectories from its codes); codes: (outputs, {op:
-  int32 codes}) for a graph exported with codes=True."""
-  src = program.op(program.outputs["topk_trajs_BxNxFx2"])
-  chain = []
-  while src.kind == "reshape":
-    chain.append(src)
-    src = program.op(src.inputs[0])
-  traj_scale = program.op(program.outputs["topk_trajs_BxNxFx2"]).consts["scale"]
-
+  """inputs -> the five outputs of `run_program` (before the host epilogue); codes: (outputs, {op: int32
+  codes}) for a graph exported with codes=True."""
   def ref(inputs):
-    pred, op_codes = jax.device_get(run_program(program, calibration.model_inputs(inputs), return_codes=True))
-    t = op_codes[src.name]
-    for o in reversed(chain):
-      t = t.reshape((t.shape[0],) + tuple(o.attrs["shape"][1:]))
-    out = {r: np.asarray(getattr(pred, r)) for r in OUTPUT_ROLES if r != "topk_trajs_BxNxFx2"}
-    out["topk_trajs_BxNxFx2"] = np.asarray(A.dequantize(t, traj_scale))
-    return (out, {k: np.asarray(v) for k, v in op_codes.items()}) if codes else out
+    out = jax.device_get(run_program(program, calibration.model_inputs(inputs), return_codes=codes,
+                                     outputs_only=True))
+    return ({r: np.asarray(v) for r, v in out[0].items()}, {k: np.asarray(v) for k, v in out[1].items()}) \
+        if codes else {r: np.asarray(v) for r, v in out.items()}
   return ref
 
 

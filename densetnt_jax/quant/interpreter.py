@@ -230,12 +230,14 @@ def run_host_part(program: Program, handed: dict) -> dict:
 
 
 def run_program(program: Program, inputs: dict, return_codes: bool = False, mode: str = "ops",
-                postprocess: PostprocessSettings | None = None):
+                postprocess: PostprocessSettings | None = None, outputs_only: bool = False):
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's
   `intermediates` names). mode "ops": one jitted kernel per op; "fused": the whole program in one jit.
   Both give the same bits (the accelerator part, then `finish_kernel`). `postprocess`: the host epilogue's settings (mode selection, endpoints; default:
-  the program's own, `meta["postprocess"]`): they change nothing on the accelerator."""
+  the program's own, `meta["postprocess"]`): they change nothing on the accelerator. `outputs_only`: the
+  program's outputs ({role: array}, codes dequantized: what the accelerator part hands the host) instead of
+  the prediction."""
   missing = [n for n in program.inputs if n.split("/", 1)[1] not in inputs]
   if missing:
     raise KeyError(f"run_program: inputs lack {missing}")
@@ -255,5 +257,5 @@ def run_program(program: Program, inputs: dict, return_codes: bool = False, mode
         _COMPILED.pop(next(iter(_COMPILED)))
       fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, hints, return_codes, c, x))
     outputs, codes = fn(consts, x)
-  pred = finish_kernel(settings)(outputs)
+  pred = outputs if outputs_only else finish_kernel(settings)(outputs)
   return (pred, codes) if return_codes else pred
