@@ -85,31 +85,10 @@ class Emitter:
       self._emitted[key] = out
     return out
 
-  def where(self, c, x, y):
-    """Where(c, x, y) on names or arrays; a constant uniform condition picks its branch when that keeps the shape."""
-    if not isinstance(c, (str, Sym)):
-      c = np.asarray(c, bool)
-      pick, other = (x, y) if c.all() else (y, x)
-      if (c.all() or not c.any()) and _shape(pick) == _broadcast(_shape(pick), c.shape):
-        if isinstance(pick, (str, Sym)) or not isinstance(other, (str, Sym)):
-          return pick
-      if not isinstance(x, (str, Sym)) and not isinstance(y, (str, Sym)):
-        return np.where(c, x, y)
-    return self.node("Where", [c, x, y])
-
   def cast(self, x, dtype):
     if not isinstance(x, (str, Sym)):
       return np.asarray(x).astype(dtype)
     return self.node("Cast", [x], to=ONNX_DTYPE[np.dtype(dtype)])
-
-  def reduce(self, op_type: str, x, axis: int, keepdims: bool = True):
-    return self.node(op_type, [x, np.asarray([axis], np.int64)], keepdims=int(keepdims))
-
-  def unsqueeze(self, x, axes):
-    return self.node("Unsqueeze", [x, np.asarray(list(axes), np.int64)])
-
-  def transpose_last2(self, x, ndim: int):
-    return self.node("Transpose", [x], perm=list(range(ndim - 2)) + [ndim - 1, ndim - 2])
 
   def model(self, inputs: list, outputs: list, *, opset: int, name: str, doc: str = "") -> onnx.ModelProto:
     """The ModelProto, with nodes that no output depends on dropped (and their initializers)."""
@@ -172,7 +151,7 @@ def index(e: Emitter, x: str, idx: tuple, ndim: int) -> str:
   if squeeze:
     y = e.node("Squeeze", [y, np.asarray(squeeze, np.int64)])
   if unsqueeze:
-    y = e.unsqueeze(y, unsqueeze)
+    y = e.node("Unsqueeze", [y, np.asarray(unsqueeze, np.int64)])
   return y if y != x else e.node("Identity", [x])
 
 
@@ -353,18 +332,24 @@ class OnnxNamespace:
     ref = next((v for v in (x, y) if isinstance(v, Sym)),
                next((v for v in (x, y) if isinstance(v, (np.ndarray, np.generic))), None))
     dtype = ref.dtype if ref is not None else np.float32 if isinstance(x, float) else np.int32
-    xs = [v if isinstance(v, Sym) else np.asarray(v).astype(dtype) for v in (x, y)]
-    out = self.e.where(c, *xs)
-    if not isinstance(out, str):
-      return out
-    return Sym(self, out, _broadcast(_shape(c), _shape(x), _shape(y)), dtype)
+    x, y = (v if isinstance(v, Sym) else np.asarray(v).astype(dtype) for v in (x, y))
+    if not isinstance(c, Sym):              # a constant condition: numpy, or the branch it picks everywhere
+      c = np.asarray(c, bool)
+      pick, other = (x, y) if c.all() else (y, x)
+      if (c.all() or not c.any()) and _shape(pick) == _broadcast(_shape(pick), c.shape) and \
+          (isinstance(pick, Sym) or not isinstance(other, Sym)):
+        return pick
+      if not isinstance(x, Sym) and not isinstance(y, Sym):
+        return np.where(c, x, y)
+    return Sym(self, self.e.node("Where", [c, x, y]), _broadcast(_shape(c), _shape(x), _shape(y)), dtype)
 
   def _reduce(self, op_type: str, x, axis: int, keepdims: bool, fold) -> Any:
     if not isinstance(x, Sym):
       return fold(x, axis=axis, keepdims=keepdims, dtype=np.asarray(x).dtype)
     ax = axis % x.ndim
     shape = x.shape[:ax] + ((1,) if keepdims else ()) + x.shape[ax + 1:]
-    return Sym(self, self.e.reduce(op_type, x, axis, keepdims), shape, x.dtype)
+    name = self.e.node(op_type, [x, np.asarray([axis], np.int64)], keepdims=int(keepdims))
+    return Sym(self, name, shape, x.dtype)
 
   def sum(self, x, axis: int, keepdims: bool = False):
     return self._reduce("ReduceSum", x, axis, keepdims, np.sum)
@@ -541,8 +526,9 @@ def _matmul_qdq(e, op, xs, ins, ctx):
   """A transposed operand held as codes is transposed as codes, then dequantized (DQ -> Transpose chains
   tripped onnxruntime's QDQ propagation into an int8/uint8 type error)."""
   if op.attrs["transpose_b"] and xs[1] in ctx.codes:
-    q, s, zp = ctx.codes[xs[1]]
-    xs = [xs[0], e.node("DequantizeLinear", [e.transpose_last2(q, len(ins[1].shape)), s, zp], hint="dq")]
+    xp = OnnxNamespace(e)
+    q_t = xp.swapaxes(xp.sym(*_on_codes(e, xs[1], ins[1], ctx)), -1, -2)
+    xs, ins = [xs[0], _dequantized(e, q_t.name, xs[1], ctx)], [ins[0], dataclasses.replace(ins[1], shape=q_t.shape)]
     op = dataclasses.replace(op, attrs={**op.attrs, "transpose_b": False})
   return qdq_point(e, op, float_form(e, op, xs, ins, ctx), ctx)
 
