@@ -17,9 +17,10 @@ ALLOWED: dict = {}
 
 
 def _kind_expr(node) -> bool:
-  """`kind` or `<anything>.kind`."""
+  """`kind`, `<anything>.kind` or `<anything>["kind"]` (a recorded op's dict)."""
   return (isinstance(node, ast.Name) and node.id == "kind") or \
-      (isinstance(node, ast.Attribute) and node.attr == "kind")
+      (isinstance(node, ast.Attribute) and node.attr == "kind") or \
+      (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "kind")
 
 
 def _literals(node) -> list:
@@ -86,8 +87,8 @@ def test_no_if_chain_on_op_kinds_outside_the_tables():
 
 
 def test_the_check_catches_a_kind_branch(tmp_path):
-  """The scan is not vacuous: an elif chain, a conditional expression and a comprehension filter are caught;
-  numpy dtype kinds and non-op strings are not."""
+  """The scan is not vacuous: an elif chain, a conditional expression, a comprehension filter and a recorded op's
+  dict are caught; numpy dtype kinds, other keys and non-op strings are not."""
   src = tmp_path / "m.py"
   src.write_text(
       "def f(op, a, kind):\n"
@@ -95,9 +96,10 @@ def test_the_check_catches_a_kind_branch(tmp_path):
       "  elif op.kind in ('softmax', 'not_an_op'):\n    pass\n"
       "  y = 1 if 'relu' != op.kind else 2\n"
       "  z = [o for o in a if o.kind not in ('top_k',)]\n"
-      "  if a.dtype.kind == 'f' or kind == 'cosine':\n    pass\n")
+      "  if a.dtype.kind == 'f' or kind == 'cosine':\n    pass\n"
+      "  if a['kind'] == 'quantize' or a['dtype'] == 'tile':\n    pass\n")
   assert [(k, line) for _, line, k in kind_branches(src)] == [("dense", 2), ("softmax", 4), ("relu", 6),
-                                                              ("top_k", 7)]
+                                                              ("top_k", 7), ("quantize", 10)]
 
 
 def test_onnx_forms_come_from_the_op_table():

@@ -393,7 +393,8 @@ def _quantize(op, c, xs, hints):
 
 _TABLE = (
     OpDef("quantize", 2, ("scale",), ("in_bits",), _quantize,
-          lambda op, p, xs: A.namespace(*xs).where(xs[1], xs[0], 0.0), point=True, element_ops=3),
+          lambda op, p, xs: A.namespace(*xs).where(xs[1], xs[0], 0.0), point=True, element_ops=3,
+          derive=lambda r, params_of, s_in, s_out, b_in: {"scale": jnp.asarray(s_out, jnp.float32)}),
     OpDef("dense", 1, ("w_q", "b_q") + RQ, ("in_bits",), _dense_kernel, _dense_float, point=True,
           derive=_dense_derive, hinted_requants=_one_requant, bounds=_dense_bounds, kernel_attrs=("in_bits",),
           macs=_dense_macs, element_ops=2, weights="w_q"),
@@ -439,7 +440,8 @@ _TABLE = (
           attr_problems=_grid_attr_problems, work=_points_x_seeds, element_ops=4),
     OpDef("log_softmax", 1, ("in_scale",), ("in_bits",),
           lambda op, c, xs, h: A.namespace(*xs).log_softmax(A.dequantize(xs[0], c["in_scale"])),
-          lambda op, p, xs: A.namespace(*xs).log_softmax(xs[0]), host=True, reduces_rows=True),
+          lambda op, p, xs: A.namespace(*xs).log_softmax(xs[0]), host=True, reduces_rows=True,
+          derive=lambda r, params_of, s_in, s_out, b_in: {"in_scale": s_in[0]}),
     _glue("reshape", 1, ("shape",), lambda op, c, xs, h: xs[0].reshape(_batch_shape(op.attrs["shape"], xs[0])),
           element_ops=0, is_view=lambda op, tensors: True),
     _glue("broadcast_to", 1, ("shape",),
@@ -448,7 +450,9 @@ _TABLE = (
           is_view=lambda op, tensors: elements(op.shape, 1) == elements(tensors[op.inputs[0]][0], 1)),
     _glue("concatenate", None, ("axis",),
           lambda op, c, xs, h: A.namespace(*xs).concatenate(xs, axis=op.attrs["axis"]), joins_codes=True),
-    _glue("tile", 1, ("reps",), lambda op, c, xs, h: A.namespace(*xs).tile(xs[0], op.attrs["reps"])),
+    _glue("tile", 1, ("reps",), lambda op, c, xs, h: A.namespace(*xs).tile(xs[0], op.attrs["reps"]),
+          kernel_attrs=("reps",), attr_problems=lambda op, ins: [] if op.attrs["reps"][0] == 1 else
+          [f"attr reps {op.attrs['reps']} tiles the batch axis"]),
     _glue("moveaxis", 1, ("destination", "source"),
           lambda op, c, xs, h: A.namespace(*xs).moveaxis(xs[0], op.attrs["source"], op.attrs["destination"])),
     _glue("take_along_axis", 2, ("axis",),

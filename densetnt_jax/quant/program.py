@@ -223,10 +223,7 @@ def _derive(recorded: list, input_names: tuple, params, quant_state) -> tuple[di
     else:
       s_out = None
     s_in = [scales.get(i) for i in r["inputs"]]
-    c = _consts(r, params, s_in, s_out, [bits[i] for i in r["inputs"]])
-    if r["kind"] == "log_softmax":
-      c["in_scale"] = s_in[0]
-    consts[r["name"]] = c
+    consts[r["name"]] = _consts(r, params, s_in, s_out, [bits[i] for i in r["inputs"]])
     bits[r["name"]] = r["bits"]
     if s_out is not None:
       scales[r["name"]] = s_out
@@ -256,8 +253,6 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
                        "on axis 0 of every tensor for the program's batch to be symbolic")
     if r["point"] and point_bits(_at(quant_state, r["name"], "quant state")) != r["bits"]:
       raise ValueError(f"convert: {r['name']} traced with {r['bits']} bits, the quant state says otherwise")
-    if r["kind"] == "tile" and r["attrs"]["reps"][0] != 1:
-      raise ValueError(f"convert: {r['name']} tiles the batch axis")
 
   consts_by_op, scales = jax.jit(functools.partial(_derive, rec.ops, tuple(inputs)))(params, quant_state)
   bits = {f"inputs/{k}": 0 for k in inputs}
@@ -271,8 +266,8 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
     bits[r["name"]] = r["bits"]
     consts = {k: np.asarray(v) for k, v in consts_by_op[r["name"]].items()}
     s_out = scales.get(r["name"])
-    if s_out is not None and (r["kind"] == "quantize" or r["name"] in rec.outputs.values()):
-      consts["scale"] = np.asarray(s_out, np.float32)   # the interpreter reads no Python floats
+    if s_out is not None and r["name"] in rec.outputs.values():
+      consts["scale"] = np.asarray(s_out, np.float32)   # the host dequantizes outputs with it
     scale = None if s_out is None else float(s_out)
     ops.append(Op(r["name"], r["kind"], tuple(r["inputs"]), (None,) + tuple(r["shape"][1:]), r["dtype"],
                   r["bits"], scale, attrs, consts))
@@ -282,6 +277,9 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
           "record_batch": RECORD_BATCH}
   prog = Program(prog_inputs, ops, dict(rec.outputs), meta)
   for o in ops:                             # a code concatenation (P.join) needs one scale on every input
+    problems = op_def(o.kind).attr_problems(o, None) if op_def(o.kind).attr_problems else []
+    if problems:
+      raise ValueError(f"convert: {o.name}: {'; '.join(problems)}")
     if op_def(o.kind).joins_codes and o.bits and len({float(scales[i]) for i in o.inputs}) != 1:
       raise ValueError(f"convert: {o.name} concatenates codes of different scales "
                        f"{[float(scales[i]) for i in o.inputs]}: join tensors of one quantization point only")
