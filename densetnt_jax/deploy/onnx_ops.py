@@ -375,6 +375,10 @@ class OnnxNamespace:
   def stop_gradient(self, x):
     return x
 
+  def isfinite(self, x: Sym) -> Sym:
+    return Sym(self, self.e.node("Not", [self.e.node("Or", [self.e.node("IsInf", [x]), self.e.node("IsNaN", [x])])]),
+               x.shape, np.bool_)
+
   def log_softmax(self, x: Sym) -> Sym:
     """jax.nn.log_softmax's steps over the last axis: shifted = x - max, shifted - log(sum(exp(shifted)))."""
     shifted = x - self.max(x, -1, keepdims=True)

@@ -723,13 +723,10 @@ def float_layernorm(x, gamma_C, beta_C, eps: float = 1e-5):
 def float_softmax(x, mask=None):
   """Softmax over the last axis, finite everywhere: masked entries and all-masked rows give 0."""
   xp = namespace(x, mask)
-  if mask is None:
-    e = xp.exp(x - xp.stop_gradient(xp.max(x, axis=-1, keepdims=True)))
-  else:
-    valid = xp.broadcast_to(mask, x.shape)
-    mx = xp.max(xp.where(valid, x, -np.inf), axis=-1, keepdims=True)
-    mx = xp.stop_gradient(xp.where(xp.isfinite(mx), mx, 0.0))
-    e = xp.where(valid, xp.exp(xp.where(valid, x - mx, 0.0)), 0.0)
+  valid = True if mask is None else xp.broadcast_to(mask, x.shape)   # the same XLA graph (fusions, so gradient
+  mx = xp.max(xp.where(valid, x, -np.inf), axis=-1, keepdims=True)   # bits) as before mask=None skipped the selects
+  mx = xp.stop_gradient(xp.where(xp.isfinite(mx), mx, 0.0))
+  e = xp.where(valid, xp.exp(xp.where(valid, x - mx, 0.0)), 0.0)
   return e / xp.maximum(xp.sum(e, axis=-1, keepdims=True), 1e-30)
 
 
