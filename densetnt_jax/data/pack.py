@@ -179,7 +179,7 @@ def _pack_in_worker(path: str):
   return _pack_one(path, *_worker_job)
 
 
-def _sequence_files(csv_dir: str) -> tuple[list[str], dict[str, int], dict[str, str]]:
+def sequence_files(csv_dir: str) -> tuple[list[str], dict[str, int], dict[str, str]]:
   """(every `*.csv` path, sorted; {path: sequence id}; {path: why} of the names that are no id or share an id).
 
   `1.csv`, `01.csv` and `0001.csv` are one id: all of them are refused, none silently wins.
@@ -217,7 +217,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
     raise ValueError(f"shard index {shard_index} outside [0, {num_shards})")
   csv_dir = os.path.join(str(src_data_dir), split_dir, "data")
   map_dir = os.path.join(str(src_data_dir), "map_files")
-  all_files, seq_ids, bad_names = _sequence_files(csv_dir)
+  all_files, seq_ids, bad_names = sequence_files(csv_dir)
   if not all_files:
     raise FileNotFoundError(f"no CSV files in {csv_dir}")
   files = all_files[shard_index::num_shards]

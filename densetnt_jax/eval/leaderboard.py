@@ -14,7 +14,7 @@ import os
 import h5py
 import numpy as np
 
-from densetnt_jax.data.argoverse import seq_id_from_path
+from densetnt_jax.data.pack import sequence_files
 
 DATASET = "argoverse_forecasting"
 NUM_MODES = 6
@@ -29,15 +29,9 @@ def _ids_text(ids, limit: int = 5) -> str:
 
 def source_sequence_ids(csv_dir) -> set[int]:
   """The sequence ids of a split's source directory: every `<seq_id>.csv` name in it, whatever the file (one
-  that failed to pack is still a sequence the leaderboard expects); other names are no sequence."""
-  ids = set()
-  for name in os.listdir(str(csv_dir)):
-    if name.endswith(".csv"):
-      try:
-        ids.add(seq_id_from_path(name))
-      except ValueError:        # DataError, or int() of a non-ASCII digit string
-        pass
-  return ids
+  that failed to pack, or shares its id with another, is still a sequence the leaderboard expects); other names
+  are no sequence. The packer's own listing (`pack.sequence_files`)."""
+  return set(sequence_files(str(csv_dir))[1].values())
 
 
 def refuse_incomplete(path: str, expected_seq_ids, seq_ids, missing_reasons: dict | None = None,
