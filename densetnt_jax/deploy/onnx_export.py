@@ -2,13 +2,14 @@
 (`quant.program`: the model's predict path recorded layer by layer); `onnx_check` runs them in onnxruntime and
 compares them with their JAX references:
 
-  float  the float model: MatMul/Add, LayerNorm and softmax decomposed as the float primitives compute them,
-         Relu, masked ReduceMax, LogSoftmax, TopK; float params by op name.
+  float  the float model: each op's float reference (`OPS[kind].float`, arith's float forms; MatMul/Add,
+         LayerNorm, softmax, masked ReduceMax, LogSoftmax, TopK) on ONNX tensors; float params by op name.
   qat    QDQ: the float ops with QuantizeLinear/DequantizeLinear after every quantization point (activation
          scales of the quant state; int16 points need opset >= 21) and int8 per-channel weights
          (DequantizeLinear axis=1, int32 bias on the s_x s_w grid): the portable form other toolchains read.
-  int    the integer program's accelerator part: MatMulInteger, int32 requantization with Mul/Div/Mod, Gather
-         for the exp/reciprocal/rsqrt tables (`onnx_ops`), float only where inputs are quantized and at the
+  int    the integer program's accelerator part, each op's own kernel (`OPS[kind].kernel`) on ONNX tensors
+         (`onnx_ops.OnnxNamespace`): MatMulInteger, int32 requantization with Mul/Div/Mod, Gather for the
+         exp/reciprocal/rsqrt tables, float only where inputs are quantized and at the
          dequantized outputs. It hands the goal score codes and top-k indices to the host part (the float
          log-softmax, `Program.host_part`), which `onnx_check.complete_int` runs with the interpreter's kernels.
 
