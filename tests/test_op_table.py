@@ -104,7 +104,7 @@ def test_the_check_catches_a_kind_branch(tmp_path):
 
 def test_onnx_forms_come_from_the_op_table():
   """Every kind's ONNX forms: its float reference and kernel from OPS; ONNX_OPS only overrides OPS kinds."""
-  from densetnt_jax.deploy.onnx_ops import ONNX_OPS, onnx_op   # onnx: installed by make test ('.[dev,tensorboard,onnx]')
+  from densetnt_jax.deploy.onnx_ops import ONNX_OPS, onnx_op   # onnx: make test installs '.[dev,tensorboard,onnx]' 
   assert set(ONNX_OPS) <= set(OPS)
   assert all(d.kind == k for k, d in ONNX_OPS.items())
   assert all(onnx_op(types.SimpleNamespace(kind=k, name="x"), "float").kind == k for k in OPS)

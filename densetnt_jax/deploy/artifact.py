@@ -29,7 +29,8 @@ itemsize = nbytes, inside the blob and not overlapping; op kinds with their inpu
 attrs; bits in {0, 8, 16}; LUTs equal to this runtime's); then the structural checker
 (`checker.check_program`) against the recorded target, whose operands rule traces every op abstractly through
 the interpreter's own kernels (`jax.eval_shape`, nothing runs): each must give its declared shape and dtype at
-any batch, so an accepted program runs; last the outputs through the host epilogue, abstractly too. Writing is deterministic: the same program (and key) gives the same bytes.
+any batch, so an accepted program runs; last the outputs through the host epilogue, abstractly too. Writing
+is deterministic: the same program (and key) gives the same bytes.
 
 Keyed signature (origin, not only integrity; off by default). The SHA-256 checksum proves the bytes are the
 ones written, not who wrote them: anyone can edit a header and recompute it. Set DENSETNT_ARTIFACT_KEY (any

@@ -54,7 +54,7 @@ import numpy as np
 
 from densetnt_jax.quant import arith as A
 from densetnt_jax.quant import interpreter
-from densetnt_jax.quant.ops import OPS, OpDef, TensorFacts, Unbounded, absmax, ints, stored_dtype
+from densetnt_jax.quant.ops import OPS, OpDef, TensorFacts, Unbounded, absmax, ints, static_shape, stored_dtype
 from densetnt_jax.quant.program import Op, Program
 from densetnt_jax.workdir import load_program
 
@@ -271,7 +271,7 @@ def _check_operands(o: Op, ins: list | None, spec: TargetSpec, fail) -> tuple[bo
     fail(o.name, "operands", "; ".join(problems) + f": the {o.kind} kernel cannot run this op (re-convert the "
          "program)")
     return False, None
-  if ins is None or not all(_static(t.shape) and t.shape[:1] == (None,) for t in ins):
+  if ins is None or not all(static_shape(t.shape) and t.shape[:1] == (None,) for t in ins):
     return True, None                            # graph / static-shape already failed upstream
   try:
     shape, dtype = kernel_output(o, ins)
@@ -280,7 +280,7 @@ def _check_operands(o: Op, ins: list | None, spec: TargetSpec, fail) -> tuple[bo
          f"{[t.shape for t in ins]}: {e}")
     return True, None
   declared = (tuple(o.shape), stored_dtype(o.bits, o.dtype))
-  if _static(o.shape) and declared != (shape, dtype):
+  if static_shape(o.shape) and declared != (shape, dtype):
     fail(o.name, "operands", f"declares {declared[0]} {declared[1]}, but its kernel gives {shape} {dtype} from "
          f"inputs of shapes {[t.shape for t in ins]}: the shapes the bounds read would be wrong")
   shape_problems = _def(o).shape_problems
@@ -490,7 +490,7 @@ def rule_lut(c: OpUnderCheck) -> None:
 def rule_tensor_size(c: OpUnderCheck) -> None:
   """The output at the target's batch fits its largest tensor."""
   o, spec = c.op, c.spec
-  c.nbytes = tensor_bytes(o.shape, o.bits, o.dtype, spec.check_batch) if _static(o.shape) else -1
+  c.nbytes = tensor_bytes(o.shape, o.bits, o.dtype, spec.check_batch) if static_shape(o.shape) else -1
   if c.nbytes > spec.max_tensor_bytes:
     c.violation("tensor-size", f"output {c.nbytes} bytes at batch {spec.check_batch} > max_tensor_bytes "
                 f"{spec.max_tensor_bytes}")
@@ -516,11 +516,6 @@ def _check_op(o: Op, tensors: dict, spec: TargetSpec, fail) -> LayerRow:
     tensors[o.name] = c.out or TensorFacts(tuple(o.shape), stored_dtype(o.bits, o.dtype), o.bits)
   return LayerRow(o.name, o.kind, c.in_bits, o.bits, c.bound, (min(c.mults), max(c.mults)) if c.mults else None,
                   (min(c.shifts), max(c.shifts)) if c.shifts else None, c.nbytes, [])
-
-
-def _static(shape) -> bool:
-  return isinstance(shape, (tuple, list)) and \
-      all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:])
 
 
 def _check_shape(name: str, shape, fail) -> None:

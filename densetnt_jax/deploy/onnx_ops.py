@@ -1,10 +1,9 @@
-"""ONNX graph building for `onnx_export`: an emitter over `onnx.helper`, the ONNX array namespace the integer
-kernels of `quant/arith.py` run on, and the ONNX half of the op table: `ONNX_OPS[kind]` (an `OnnxOpDef`) holds
-each op kind's float and QDQ emitters, whether QDQ quantizes its output, and its output's LSB. `onnx_export`
-walks a program and asks it; `quant/ops.py` (OPS) holds the rest of each kind's definition (quant must not
-import onnx, an optional extra). The integer form of an op is its kernel itself (`OPS[kind].kernel`), run on
-`Sym` tensors: arith's integer math is written once, for jnp and ONNX alike. A new op kind: one OpDef there,
-and here only what its float and QDQ forms need (tests/test_op_table.py checks both tables list the same kinds).
+"""ONNX graph building for `onnx_export`: an emitter over `onnx.helper`, the ONNX array namespace the kernels
+of `quant/arith.py` run on, and what ONNX needs beyond the op table. An op's integer form is its kernel itself
+(`OPS[kind].kernel`) and its float form its float reference (`OPS[kind].float`), both run on `Sym` tensors:
+arith's math is written once, for jnp and ONNX alike. `ONNX_OPS[kind]` (an `OnnxOpDef`) only overrides: dense's
+params and int8 weights, QDQ on the codes behind a DequantizeLinear, the LSB of a float output (quant must not
+import onnx, an optional extra; tests/test_op_table.py checks ONNX_OPS names only OPS kinds).
 
 `OnnxNamespace` spells jnp's integer operations with ONNX ops (arith's docstring has the mapping): arithmetic
 right shift by 2^k as (v - Mod(v, 2^k)) / 2^k (Mod takes the divisor's sign, the division is exact),
@@ -168,6 +167,11 @@ def _broadcast(*shapes) -> tuple:
   nd = max(len(s) for s in shapes)
   dims = zip(*[(1,) * (nd - len(s)) + tuple(s) for s in shapes])
   return tuple(None if None in d else max(d) for d in dims)
+
+
+def _matmul_shape(a, b) -> tuple:
+  """numpy matmul's output shape: the leading axes broadcast, then (M, N)."""
+  return _broadcast(_shape(a)[:-2], _shape(b)[:-2]) + (_shape(a)[-2], _shape(b)[-1])
 
 
 def _probed(shape: tuple, fn) -> tuple:
@@ -386,8 +390,7 @@ class OnnxNamespace:
 
   def matmul(self, a: Sym, b) -> Sym:
     """Float a @ b (numpy matmul axes)."""
-    shape = _broadcast(_shape(a)[:-2], _shape(b)[:-2]) + (_shape(a)[-2], _shape(b)[-1])
-    return Sym(self, self.e.node("MatMul", [a, b]), shape, np.float32)
+    return Sym(self, self.e.node("MatMul", [a, b]), _matmul_shape(a, b), np.float32)
 
   def take(self, table: np.ndarray, idx: Sym) -> Sym:
     return Sym(self, self.e.node("Gather", [np.asarray(table, np.int32), idx], axis=0), idx.shape, np.int32)
@@ -405,7 +408,7 @@ class OnnxNamespace:
     if not isinstance(a, Sym) and not isinstance(b, Sym):
       return np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64)).astype(np.int32)
     name = self.e.node("MatMulInteger", [self.e.cast(a, np.int8), self.e.cast(b, np.int8)])
-    return Sym(self, name, _broadcast(_shape(a)[:-2], _shape(b)[:-2]) + (_shape(a)[-2], _shape(b)[-1]), np.int32)
+    return Sym(self, name, _matmul_shape(a, b), np.int32)
 
   def top_k_indices(self, x: Sym, k: int) -> Sym:
     """Indices (int32) of the k largest entries of the last axis, ties to the lower index (TopK, as lax.top_k)."""
@@ -454,7 +457,8 @@ def _dtype_of(v) -> np.dtype:
 
 
 def run_kernel(e: Emitter, op, xs: list, ins: list) -> str:
-  """The op's integer kernel (`OPS[kind].kernel`, the interpreter's) emitted on int32 code tensors."""
+  """The op's kernel (`OPS[kind].kernel`, the interpreter's) emitted on these tensors: int32 codes, or any
+  dtype for the kernels that only move, compare or mask values."""
   xp = OnnxNamespace(e)
   y = OPS[op.kind].kernel(op, op.consts, [xp.sym(x, f) for x, f in zip(xs, ins)], requant_hints(op))
   return e.lift(y)
@@ -576,7 +580,6 @@ class OnnxOpDef:
   float: Callable = float_form          # (e, op, xs, ins, ctx) -> tensor: the float model's op
   qdq: Callable | None = None           # (e, op, xs, ins, ctx): QDQ form; None: float, then Q/DQ at a point
   lsb: Callable | None = None           # (op, lsb_of_input) -> the LSB of a float output (the QDQ bar's unit)
-  int: Callable = run_kernel            # (e, op, xs, ins) -> tensor on int32 codes: the kernel
 
   def emit_qdq(self, e: Emitter, op, xs, ins, ctx: QuantCtx):
     if self.qdq is not None:

@@ -1,9 +1,9 @@
 """Evaluation of any stage on a packed split: K=6 and K=1 metrics beside the constant-velocity baseline.
 
 One code path for every stage: a `Predictor` (densetnt_jax.api) supplies the predictions, the one evaluator
-(`densetnt_jax.metrics.evaluate`, as in training) scores the model and the baseline, and `--write-h5` writes the leaderboard file, only
-when it holds every sequence of the split's source directory (`config.data.src_dir`). A split without
-futures (test) gets the file and no metrics.
+(`densetnt_jax.metrics.evaluate`, as in training) scores the model and the baseline, and `--write-h5` writes
+the leaderboard file, only when it holds every sequence of the split's source directory
+(`config.data.src_dir`). A split without futures (test) gets the file and no metrics.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def _dtype(bits: int):
 # The integer kernels below are written once, with operators (+ - * >> << & comparisons) and the functions of
 # an array namespace `xp` taken from their operands: jax.numpy (`JNP`) in the interpreter and the fake-quant
 # forms, the ONNX graph builder (`deploy/onnx_ops.OnnxNamespace`, whose tensors carry `.xp`) in the integer
-# ONNX export. Besides jnp's names a namespace has the three primitives the two spell differently:
+# ONNX export. Besides jnp's names a namespace has the primitives the two spell differently:
 class _JnpNamespace:
   """jax.numpy, plus `bit_length`, `code_matmul` (the native integer matmul), `top_k_indices`,
   `exact_multiply` (one float32 product, never rewritten) and the float references' `rsqrt`, `stop_gradient`

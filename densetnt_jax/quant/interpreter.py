@@ -104,8 +104,8 @@ def _segment_fn(seg_ops: tuple, inputs: tuple, outputs: tuple, hints: dict):
 
 
 def _plan(program: Program, hints: dict, return_codes: bool) -> list:
-  """The program cut into segments, each one jitted kernel (see `OpDef.reduces_rows`); a segment returns the tensors later
-  segments, the outputs or return_codes read. Cached per program, hints and return_codes."""
+  """The program cut into segments, each one jitted kernel (see `OpDef.reduces_rows`); a segment returns the
+  tensors later segments, the outputs or return_codes read. Cached per program, hints and return_codes."""
   key = ("plan", repr(sorted(hints.items())), return_codes)
   plan = program._cache.get(key)
   if plan is not None:
@@ -234,10 +234,10 @@ def run_program(program: Program, inputs: dict, return_codes: bool = False, mode
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's
   `intermediates` names). mode "ops": one jitted kernel per op; "fused": the whole program in one jit.
-  Both give the same bits (the accelerator part, then `finish_kernel`). `postprocess`: the host epilogue's settings (mode selection, endpoints; default:
-  the program's own, `meta["postprocess"]`): they change nothing on the accelerator. `outputs_only`: the
-  program's outputs ({role: array}, codes dequantized: what the accelerator part hands the host) instead of
-  the prediction."""
+  Both give the same bits (the accelerator part, then `finish_kernel`). `postprocess`: the host epilogue's
+  settings (mode selection, endpoints; default: the program's own, `meta["postprocess"]`): they change nothing
+  on the accelerator. `outputs_only`: the program's outputs ({role: array}, codes dequantized: what the
+  accelerator part hands the host) instead of the prediction."""
   missing = [n for n in program.inputs if n.split("/", 1)[1] not in inputs]
   if missing:
     raise KeyError(f"run_program: inputs lack {missing}")

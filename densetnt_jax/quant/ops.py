@@ -329,7 +329,8 @@ MAX_GRID_RADIUS = 64        # the grid kernels build (2R+1)^2 offsets in numpy; 
 MAX_GRID_SEEDS = 4096       # dense_grid_mask builds an M x M table in numpy; real programs use M <= 16
 
 
-def _static(shape) -> bool:
+def static_shape(shape) -> bool:
+  """A list or tuple of positive int sizes after axis 0 (the batch, not checked here)."""
   return isinstance(shape, (tuple, list)) and \
       all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape[1:])
 
@@ -338,7 +339,7 @@ def _grid_attr_problems(op, ins):
   problems, r = [], op.attrs["radius"]
   if not (isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= MAX_GRID_RADIUS):
     problems.append(f"attr radius {r!r} is not an int in [0, {MAX_GRID_RADIUS}]")
-  if op.kind == "dense_grid_mask" and ins and ins[0] is not None and _static(ins[0].shape) \
+  if op.kind == "dense_grid_mask" and ins and ins[0] is not None and static_shape(ins[0].shape) \
       and len(ins[0].shape) >= 2 and ins[0].shape[-2] > MAX_GRID_SEEDS:
     problems.append(f"{ins[0].shape[-2]} seeds; the mask kernel's seed x seed table allows {MAX_GRID_SEEDS}")
   return problems
