@@ -337,20 +337,6 @@ def test_mask_add_and_concat():
   np.testing.assert_array_equal(same, jnp.concatenate([aq, aq], -1))
 
 
-def test_lookup_tables():
-  """int8: one table entry per code (exact by construction); int16: 8 x 64 interpolated, tanh <= 2 LSB."""
-  x8 = jnp.arange(-128, 128, dtype=jnp.int32)
-  sx, sy = A.activation_scale(4.0, 8), A.activation_scale(1.0, 8)
-  np.testing.assert_array_equal(A.lut8(x8, A.lut8_table(jnp.tanh, sx, sy)), q_ref(np.tanh(deq(x8, sx)), sy, 8))
-  x16 = jnp.arange(-2**15, 2**15, dtype=jnp.int32)
-  sx, sy = A.activation_scale(4.0, 16), A.activation_scale(1.0, 16)
-  y = jit_call(lambda x: A.lut16(x, A.lut16_table(jnp.tanh, sx, sy)), x16)
-  assert max_lsb(y, np.tanh(deq(x16, sx)), sy, 16) <= 2
-  xf = np.linspace(-5, 5, 1001).astype(np.float32)
-  assert_bit_exact(F.lut(jnp.tanh, jnp.asarray(xf), sx, sy, x_bits=16, y_bits=16),
-                   A.lut16(A.quantize(xf, sx, 16), A.lut16_table(jnp.tanh, sx, sy)), sy, 16)
-
-
 # --------------------------------------------------------------------------------------- gradients
 def test_ste_gradients():
   s = A.activation_scale(2.0, 8)

@@ -1,50 +1,18 @@
 """Model checker: does an integer program fit a deployment target (`config.target`)?
 
-Rules (each violation names the layer and the rule; `check_program` collects them all, one per layer and rule):
-  graph           every op input is a program input or an earlier op; op names are unique; every output role
-                  names an op
-  op-supported    the op kind is an on-chip compute kind of the target (`op_bits`), a layout op or a host op
-  op-bits         the output code width is one the target allows for that kind; dense weights fit
-                  `weight_bits` and the kernel's int8; code inputs are int8/int16
-  scale           every code tensor (bits > 0) has a finite positive scale, so do the stored float32 scales;
-                  consumers see the producer's width
-  static-shape    every tensor's shape is static: None (the batch) on axis 0 only, positive ints elsewhere
-  accumulator     no int32 intermediate of the op's kernel can overflow for ANY input codes in range (bounds below)
-  multiplier      requant multipliers in [0, min(2^(multiplier_bits-1), 2^15) - 1]; add's operand multipliers
-                  likewise or a power of two (a left shift)
-  shift           requant shifts and pre-shifts, plus the per-row shift a kernel adds, in [0, max_shift]
-  lut             the exp / reciprocal / rsqrt tables an op reads fit max_lut_entries and lut_entry_bits
-  tensor-size     the output tensor at check_batch fits max_tensor_bytes
-  operands        every constant and attr the op's kernel reads is there, integer constants are integer arrays
-                  inside int32 (float32 scales), and the interpreter's kernel, traced on the producers' shapes
-                  (jax.eval_shape: nothing runs), gives the declared output shape and dtype. So every shape the
-                  bounds read is the one the interpreter computes, whatever the attrs say.
-
-Accumulator bounds: exact integers from the program's own constants (the stored weights, biases, gammas, eps,
-multipliers and steps, never the attrs they were derived from), the producers' shapes (K, N, C) and the width
-the producers' codes are stored in, for input codes anywhere in their range (|x| <= 2^(b-1) for b bits):
-  dense       max over channels n of sum_k |w_q[k, n]| 2^(bx-1) + |b_q[n]|      (the int32 x.w + b)
-  matmul      K |a'| |b'|, a', b' the codes after the kernel's rounding pre-shifts for this K
-  add         2^(bx-1) |mx| + 2^(by-1) |my|;  mask_add: 2^(bx-1) |mx| + 100 |my| (the -100 mask code)
-  layernorm   C x, sum x and C x - sum x: max(C, 2 (C-1)) 2^(b-1); the squares' sum plus eps: C 2^14 + eps_row
-              (eps_row <= 2^30, or |eps_m| 2^eps_e below 16); eps_m << min(eps_e, 15); the eps shift
-              |eps_e| + 2 (kd + h); d r <= 2^15 max(RSQRT_TABLE); z g <= 2^15 max|g_q| (gamma is int16 by
-              design, but the product is bounded from the stored codes); ((z g) >> 4) + beta
-  softmax     x - max x < 2^bx; the exp sum N max(EXP_TABLE); e r <= max(EXP_TABLE) max(RECIP_TABLE)
-  dense_grid(_mask)  the lattice point (L_max + R) step and x + step // 2 (arith.grid_acc_bound); the mask's
-              seed differences 2 L_max + R; a step below 1 divides by zero
-  tables      every interpolation (T[i+1] - T[i]) f + 2^(fb-1) of the exp / reciprocal / rsqrt tables
-Requantization itself (`arith.mul_shift`) is exact for any int32 input when |M| <= 2^15 - 1 (16-bit limbs), so
-it has no bound of its own (the multiplier rule holds M there); relu, masked max / fill, concat and the layout
-ops do no arithmetic wider than their codes. The int16 x int8 dots run as three int8 dots whose int32 sum wraps
-back to the exact value: the bound checked is the mathematical sum, as on a target with a native int16 MAC.
-Per-row shifts: softmax adds k = bitlen(exp sum) - 15 in [0, bitlen(N max(EXP_TABLE)) - 15]; layernorm's z
-requant adds k + h in [-7, 16] (rsqrt exponent and square shift).
-A rule that cannot evaluate a malformed op (a string where a number belongs, a ragged constant) reports that
-as its violation for the layer: `check_program` raises nothing for a Program of ops, whatever their contents.
+One function per rule (`OP_RULES`, named as in the report), each adding a violation per layer with the numbers
+that broke it. The accumulator rule asks the op table (`OpDef.bounds`) for the bound of every int32 intermediate
+of the op's kernel, for input codes anywhere in their range, from the program's own constants (the stored
+weights, biases, gammas, eps, multipliers and steps, never the attrs they were derived from) and the producers'
+shapes and stored widths; the operands rule traces each kernel on those shapes, so the shapes the bounds read
+are the ones the interpreter computes. Requantization (`arith.mul_shift`) is exact for any int32 input when
+|M| <= 2^15 - 1 (the multiplier rule holds M there). int16 x int8 dots run as three int8 dots whose int32 sum
+wraps back to the exact value: the bound checked is the mathematical sum, as on a native int16 MAC. A rule that
+cannot evaluate a malformed op reports that as its violation: `check_program` raises nothing for a Program.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -166,22 +134,15 @@ def _one_line(text: Any) -> str:
   return text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS - 3] + "..."
 
 
-class _Guard:
-  """`with _Guard(layer, rule, fail):` an exception inside becomes that rule's violation for the layer (a
-  malformed op must give a report line, never a traceback)."""
-
-  def __init__(self, layer: str, rule: str, fail):
-    self.layer, self.rule, self.fail = layer, rule, fail
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, kind, error, tb) -> bool:
-    if error is None or not isinstance(error, Exception):
-      return False
-    self.fail(self.layer, self.rule, f"cannot be checked ({type(error).__name__}: {error}): the program is "
-              "malformed here; re-convert it")
-    return True
+@contextlib.contextmanager
+def _guard(layer: str, rule: str, fail):
+  """An exception inside becomes that rule's violation for the layer: a malformed op gives a report line, never a
+  traceback."""
+  try:
+    yield
+  except Exception as error:          # noqa: BLE001  whatever a malformed op makes a rule raise
+    fail(layer, rule, f"cannot be checked ({type(error).__name__}: {error}): the program is malformed here; "
+         "re-convert it")
 
 
 # --------------------------------------------------------------------------------------------- bounds
@@ -300,14 +261,14 @@ def check_program(program: Program, spec: TargetSpec) -> CheckReport:
     violations.append(Violation(str(layer), rule, _one_line(message)))
 
   for name, value in program.inputs.items():
-    with _Guard(name, "static-shape", fail):
+    with _guard(name, "static-shape", fail):
       shape, dtype = value
       _check_shape(name, shape, fail)
       tensors[name] = TensorFacts(tuple(shape), str(np.dtype(dtype)), 0)
   rows, ops = [], {}
   for o in program.ops:
     before = len(violations)
-    with _Guard(getattr(o, "name", "?"), "graph", fail):
+    with _guard(getattr(o, "name", "?"), "graph", fail):
       row = _check_op(o, tensors, spec, fail)
       row.rules_failed = sorted({v.rule for v in violations[before:]})
       rows.append(row)
@@ -510,7 +471,7 @@ def _check_op(o: Op, tensors: dict, spec: TargetSpec, fail) -> LayerRow:
   in_bits = o.attrs.get("in_bits", ()) if isinstance(o.attrs, dict) else ()
   c = OpUnderCheck(o, spec, tensors, fail, tuple(in_bits) if isinstance(in_bits, (tuple, list)) else ())
   for rule, check in OP_RULES:
-    with _Guard(o.name, rule, fail):
+    with _guard(o.name, rule, fail):
       check(c)
   if o.name not in tensors:
     tensors[o.name] = c.out or TensorFacts(tuple(o.shape), stored_dtype(o.bits, o.dtype), o.bits)

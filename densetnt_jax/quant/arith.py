@@ -300,32 +300,6 @@ RSQRT_FRAC_BITS = 8
 RSQRT_TABLE = np.floor(2.0**21 / np.sqrt(2**13 + 256.0 * np.arange(97)) + 0.5).astype(np.int32)
 
 
-def lut8_table(fn, x_scale, y_scale, y_bits: int = 8) -> jax.Array:
-  """256-entry table of quantize(fn(q * s_x), s_y) for every int8 code q = -128..127 (index q + 128)."""
-  q = jnp.arange(-128, 128, dtype=jnp.int32)
-  return quantize(fn(dequantize(q, x_scale)), y_scale, y_bits)
-
-
-def lut8(x_q: jax.Array, table: jax.Array) -> jax.Array:
-  """Plain lookup of int8 codes in a `lut8_table`."""
-  return jnp.take(table, jnp.clip(x_q, -128, 127) + 128)
-
-
-def lut16_table(fn, x_scale, y_scale, y_bits: int = 16) -> jax.Array:
-  """8 segments x 64 entries spanning the whole int16 domain (step 128 codes) + the end point: 513 entries.
-
-  Covering all of [-32768, 32768] needs no tails: the calibrated int16 range is the function's domain.
-  """
-  q = (jnp.arange(513, dtype=jnp.int32) * 128 - 2**15)
-  return quantize(fn(dequantize(q, x_scale)), y_scale, y_bits)
-
-
-def lut16(x_q: jax.Array, table: jax.Array, y_bits: int = 16) -> jax.Array:
-  """Interpolated lookup of int16 codes in a `lut16_table` (7 fraction bits)."""
-  qmin, qmax = qrange(y_bits)
-  return jnp.clip(interp(table, jnp.clip(x_q, -2**15, 2**15 - 1) + 2**15, 7), qmin, qmax)
-
-
 def clip_int32(v: jax.Array, limit: int) -> jax.Array:
   """int32 clip(v, -limit, limit) of integer-valued float32 `v` (a rounded bias code), exact for every v.
 

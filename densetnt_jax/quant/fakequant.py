@@ -133,17 +133,6 @@ def dense_grid_mask(x: jax.Array, seed_valid: jax.Array, scale, *, spacing: floa
   return A.dense_grid_mask(A.quantize(sg(x), scale, bits), seed_valid, A.grid_step(scale, spacing), radius, bits)
 
 
-def lut(fn: Callable, x: jax.Array, x_scale, y_scale, *, x_bits: int = 8, y_bits: int = 8) -> jax.Array:
-  """Elementwise fn by table: int8 input -> 256 entries, int16 input -> 8 x 64 interpolated (fn: jnp-traceable)."""
-  def value(x, xs, ys):
-    q = A.quantize(x, xs, x_bits)
-    if x_bits <= 8:
-      return _deq(A.lut8(q, A.lut8_table(fn, xs, ys, y_bits)), ys)
-    return _deq(A.lut16(q, A.lut16_table(fn, xs, ys, y_bits), y_bits), ys)
-  ref = lambda x, xs, ys: _out_ste(fn(fake_quant(x, xs, x_bits)), ys, y_bits)
-  return _ste(value, ref, (x, x_scale, y_scale))
-
-
 # ------------------------------------------------------------------------------------------- matmul
 def matmul(a: jax.Array, b: jax.Array, a_scale, b_scale, y_scale, *, a_bits: int = 8, b_bits: int = 8,
            y_bits: int = 8, transpose_b: bool = False, alpha: float = 1.0) -> jax.Array:

@@ -27,13 +27,6 @@ def requant_hints(o: Op) -> dict[str, A.RequantHint]:
   return {p: A.requant_hint(ops.requant(o.consts, p)) for p in ops.op_def(o.kind).hinted_requants(o)}
 
 
-def _kernel(o: Op, c: dict, xs: list, hints: dict | None = None) -> jax.Array:
-  """One op on integer codes (bool masks, int32 indices; float only for the program inputs and log-softmax):
-  the op table's kernel. `hints` (from `requant_hints`, static) only skip work; without them every kernel takes
-  its general path."""
-  return ops.op_def(o.kind).kernel(o, c, xs, hints)
-
-
 def _narrow(y: jax.Array, bits: int) -> jax.Array:
   """Codes are stored between ops in their own width (int8 / int16): a quarter / half of the int32 traffic."""
   if bits and y.dtype == jnp.int32:
@@ -46,10 +39,11 @@ def _widen(x: jax.Array) -> jax.Array:
 
 
 def _step(o: Op, c: dict, xs: list, hints: dict | None) -> jax.Array:
-  """One op as the runner executes it: narrow codes in, its kernel on int32, narrow codes out."""
-  if ops.op_def(o.kind).widen_inputs:                  # glue moves narrow codes as they are
-    xs = [_widen(x) for x in xs]
-  return _narrow(_kernel(o, c, xs, hints), o.bits)
+  """One op as the runner executes it: narrow codes in, the op table's kernel on int32, narrow codes out.
+  `hints` (`requant_hints`, static) only skip work; without them every kernel takes its general path."""
+  d = ops.op_def(o.kind)
+  xs = [_widen(x) for x in xs] if d.widen_inputs else xs      # glue moves narrow codes as they are
+  return _narrow(d.kernel(o, c, xs, hints), o.bits)
 
 
 def _outputs(program: Program, consts: dict, env: dict) -> dict:
@@ -73,18 +67,10 @@ def finish_kernel(settings: PostprocessSettings):
   return fn
 
 
-def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
-  """The whole program as one trace (mode="fused"): ({role: dequantized output}, codes or None)."""
-  env = dict(inputs)
-  for o in program.ops:
-    env[o.name] = _step(o, consts.get(o.name, {}), [env[i] for i in o.inputs], hints.get(o.name))
-  return _outputs(program, consts, env), ({n: _widen(env[n]) for n in program.code_ops()} if return_codes else None)
-
-
 # mode="ops" starts a new segment at every op that reduces rows of its input: there XLA would otherwise fuse
 # the producer's requant chain into each of the reduction's passes (measured: LayerNorm's four), so the input
 # is materialized first; everything else (dense, matmul, add, concat, ReLU, layout) joins the running segment
-# (`OpDef.reduces_rows`: layernorm, softmax, masked_max, top_k, log_softmax).
+# (`OpDef.reduces_rows`: layernorm, softmax, masked_max, top_k, log_softmax). mode="fused": one segment.
 
 
 class _Segment(NamedTuple):
@@ -103,16 +89,16 @@ def _segment_fn(seg_ops: tuple, inputs: tuple, outputs: tuple, hints: dict):
   return jax.jit(run)
 
 
-def _plan(program: Program, hints: dict, return_codes: bool) -> list:
+def _plan(program: Program, hints: dict, return_codes: bool, mode: str) -> list:
   """The program cut into segments, each one jitted kernel (see `OpDef.reduces_rows`); a segment returns the
-  tensors later segments, the outputs or return_codes read. Cached per program, hints and return_codes."""
-  key = ("plan", repr(sorted(hints.items())), return_codes)
+  tensors later segments, the outputs or return_codes read. Cached per program, hints, return_codes and mode."""
+  key = ("plan", repr(sorted(hints.items())), return_codes, mode)
   plan = program._cache.get(key)
   if plan is not None:
     return plan
   groups: list[list[Op]] = []
   for o in program.ops:
-    if groups and not ops.op_def(o.kind).reduces_rows:
+    if groups and (mode == "fused" or not ops.op_def(o.kind).reduces_rows):
       groups[-1].append(o)
     else:
       groups.append([o])
@@ -153,12 +139,12 @@ def _op_kernel(o: Op, hints: dict | None):
   return _segment_kernel((o,), tuple(dict.fromkeys(o.inputs)), (o.name,), {o.name: hints})
 
 
-def _execute_ops(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict):
-  """Segment by segment (mode="ops"), each one jitted kernel: ({role: dequantized output}, codes or None). In
-  one trace (mode="fused") XLA fuses each requant chain into all of its consumers (a LayerNorm's four row
-  reductions recompute the dense + add before it): measured 1.5x slower at batch 32, 1.8x at batch 8."""
+def _execute(program: Program, hints: dict, return_codes: bool, consts: dict, inputs: dict, mode: str):
+  """Segment by segment, each one jitted kernel: ({role: dequantized output}, codes or None). In one segment
+  (mode="fused") XLA fuses each requant chain into all of its consumers (a LayerNorm's four row reductions
+  recompute the dense + add before it): measured 1.5x slower at batch 32, 1.8x at batch 8."""
   env = dict(inputs)
-  for seg in _plan(program, hints, return_codes):
+  for seg in _plan(program, hints, return_codes, mode):
     outs = seg.fn(tuple(consts.get(o.name, {}) for o in seg.ops), tuple(env[i] for i in seg.inputs))
     env.update(zip(seg.outputs, outs))
   key = ("outputs", _structure(program))
@@ -171,10 +157,6 @@ def _execute_ops(program: Program, hints: dict, return_codes: bool, consts: dict
     return outputs, None
   widen = _SEGMENT_KERNELS.setdefault("widen", jax.jit(lambda d: {k: _widen(v) for k, v in d.items()}))
   return outputs, widen({n: env[n] for n in program.code_ops()})
-
-
-# (program structure, hints, return_codes) -> the one-jit runner (mode="fused")
-_COMPILED: dict = {}
 
 
 def _hints(program: Program) -> dict:
@@ -233,8 +215,8 @@ def run_program(program: Program, inputs: dict, return_codes: bool = False, mode
                 postprocess: PostprocessSettings | None = None, outputs_only: bool = False):
   """Prediction (as the float model's predict) from the integer program; with return_codes, also
   {tensor name: int32 codes} of every non-glue op with a code output (the fake-quant model's
-  `intermediates` names). mode "ops": one jitted kernel per op; "fused": the whole program in one jit.
-  Both give the same bits (the accelerator part, then `finish_kernel`). `postprocess`: the host epilogue's
+  `intermediates` names). mode "ops": one jitted kernel per segment (`_plan`); "fused": the whole accelerator
+  part in one. Both give the same bits (the accelerator part, then `finish_kernel`). `postprocess`: the host epilogue's
   settings (mode selection, endpoints; default: the program's own, `meta["postprocess"]`): they change nothing
   on the accelerator. `outputs_only`: the program's outputs ({role: array}, codes dequantized: what the
   accelerator part hands the host) instead of the prediction."""
@@ -247,15 +229,6 @@ def run_program(program: Program, inputs: dict, return_codes: bool = False, mode
   consts = {o.name: {k: _on_device(program, v) for k, v in o.consts.items()} for o in program.ops if o.consts}
   x = {n: jnp.asarray(inputs[n.split("/", 1)[1]]) for n in program.inputs}
   settings = postprocess or PostprocessSettings.from_meta(program.meta)
-  if mode == "ops":
-    outputs, codes = _execute_ops(program, hints, return_codes, consts, x)
-  else:
-    key = (_structure(program), repr(sorted(hints.items())), return_codes)
-    fn = _COMPILED.get(key)
-    if fn is None:
-      while len(_COMPILED) >= 8:
-        _COMPILED.pop(next(iter(_COMPILED)))
-      fn = _COMPILED[key] = jax.jit(lambda c, x: _execute(program, hints, return_codes, c, x))
-    outputs, codes = fn(consts, x)
+  outputs, codes = _execute(program, hints, return_codes, consts, x, mode)
   pred = outputs if outputs_only else finish_kernel(settings)(outputs)
   return (pred, codes) if return_codes else pred

@@ -222,6 +222,7 @@ def _layernorm_bounds(op, ins):
 
 
 def _layernorm_row_shift(op, prefix, ins):
+  """z's requant adds the row's rsqrt exponent k in [-7, 8] and its square shift h in [0, 8]."""
   return (-7, 16) if prefix == "z_" else (0, 0)
 
 
@@ -266,6 +267,7 @@ def _softmax_bounds(op, ins):
 
 
 def _softmax_row_shift(op, prefix, ins):
+  """The output requant adds k = bitlen(exp sum) - 15 in [0, bitlen(N max(EXP_TABLE)) - 15]."""
   if prefix == "":
     return 0, max(0, (int(ins[0].shape[-1]) * int(np.max(A.EXP_TABLE))).bit_length() - 15)
   return 0, 0
