@@ -1,11 +1,7 @@
-"""The ONNX exports (`onnx_export`) run in onnxruntime beside their references, and the bars they must hold
-(config.export):
-
-  float  vs the JAX float predict: within config.export.float_atol.
-  qat    vs the fake-quant model, in output LSB (`output_scales`); onnxruntime's fused kernels re-derive the
-         arithmetic, so it runs in three sessions (defaults, qdqisint8allowed=1, no graph optimization).
-  int    vs `run_program`: the five outputs (after the host part, `complete_int`) and every op's codes
-         bit-identical.
+"""The ONNX exports (`onnx_export`) run in onnxruntime beside their references and held to their bars (`failures`,
+config.export): float vs the JAX float predict; qat (QDQ) vs the fake-quant model in output LSB, in three
+sessions (onnxruntime's fused kernels re-derive the arithmetic); int vs `run_program`, bit for bit (the five
+outputs after the host part, `complete_int`, and every op's codes).
 
 Goal NMS and mode selection stay on the host: `finish(outputs, settings)` runs the model's own
 `postprocess.finish_prediction` on the five outputs (as `run_program` does). `run` is bin/export_onnx.py: a
@@ -178,8 +174,6 @@ def output_scales(program: Program) -> dict:
     d = ops.onnx_op(op, "qdq")
     return None if d.lsb is None else d.lsb(op, lsb)
   return {role: s for role in OUTPUT_ROLES if (s := lsb(program.outputs[role])) is not None}
-
-
 
 
 def compare_batches(session, batches, reference, *, scales: dict | None = None, codes: bool = False,

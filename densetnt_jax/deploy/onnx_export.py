@@ -8,9 +8,7 @@ compares them with their JAX references:
          scales of the quant state; int16 points need opset >= 21) and int8 per-channel weights
          (DequantizeLinear axis=1, int32 bias on the s_x s_w grid): the portable form other toolchains read.
   int    the integer program's accelerator part, each op's own kernel (`OPS[kind].kernel`) on ONNX tensors
-         (`onnx_ops.OnnxNamespace`): MatMulInteger, int32 requantization with Mul/Div/Mod, Gather for the
-         exp/reciprocal/rsqrt tables, float only where inputs are quantized and at the
-         dequantized outputs. It hands the goal score codes and top-k indices to the host part (the float
+         (`onnx_ops.OnnxNamespace`). It hands the goal score codes and top-k indices to the host part (the float
          log-softmax, `Program.host_part`), which `onnx_check.complete_int` runs with the interpreter's kernels.
 
 Every graph has the model-input fields as inputs (batch axis symbolic, "B") and ends at the program's five
@@ -20,8 +18,6 @@ and mode selection stay on the host (`onnx_check.finish`). No TensorFlow, no jax
   proto = export_int(program)                      # or export_float(model, params, ...), export_qdq(...)
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import onnx
@@ -34,7 +30,6 @@ from densetnt_jax.quant.program import Program
 
 OUTPUT_ROLES = ("goal_logprobs_BxG", "topk_goals_BxNx2", "topk_logprobs_BxN", "topk_valid_BxN", "topk_trajs_BxNxFx2")
 DEFAULT_OPSET = 21          # int16 QuantizeLinear / DequantizeLinear
-
 
 
 def opset_of(config) -> int:
@@ -82,23 +77,6 @@ def _build(program: Program, emit_op, out_value, *, opset: int, name: str, doc: 
 
 
 # ------------------------------------------------------------------------------------------- the three forms
-def _float_op(e: Emitter, op, xs, ins, ctx: ops.QuantCtx):
-  """One program op in float (the float params by op name), as its kind's entry in `onnx_ops.ONNX_OPS` emits it."""
-  return ops.onnx_op(op, "float").float(e, op, xs, ins, ctx)
-
-
-def _qdq_op(e: Emitter, op, xs, ins, ctx: ops.QuantCtx):
-  """One program op in QDQ: its float form with QuantizeLinear -> DequantizeLinear at quantization points, int8
-  weights (`OnnxOpDef.emit_qdq`); glue and the grid ops on the codes behind a DequantizeLinear (ctx.codes)."""
-  return ops.onnx_op(op, "qdq").emit_qdq(e, op, xs, ins, ctx)
-
-
-def _int_op(e: Emitter, op, xs, ins):
-  """One program op on int32 codes: its kernel (the interpreter's), emitted on ONNX tensors."""
-  ops.onnx_op(op, "int")                    # a kind the table lacks: a ValueError naming it
-  return ops.run_kernel(e, op, xs, ins)
-
-
 def _float_out(e, op, t):
   return t, op.dtype
 
@@ -107,7 +85,9 @@ def export_float(model, params, example_inputs: dict, config) -> onnx.ModelProto
   """The float model's predict (up to the five program outputs) as ONNX, float params as initializers. The op
   list is recorded as `convert` records it, with a fresh quant state (its scales are not used)."""
   program = convert(model, params, init_quant_state(model, params, example_inputs, config.quant), example_inputs)
-  return _build(program, functools.partial(_float_op, ctx=ops.QuantCtx(params)), _float_out, opset=opset_of(config),
+  ctx = ops.QuantCtx(params)
+  float_op = lambda e, op, xs, ins: ops.onnx_op(op, "float").float(e, op, xs, ins, ctx)   # its float reference
+  return _build(program, float_op, _float_out, opset=opset_of(config),
                 name="densetnt_float", doc="DenseTNT float predict up to the top-k goals; NMS on the host")
 
 
@@ -121,12 +101,20 @@ def export_qdq(model, params, quant: dict, example_inputs: dict, config, program
   opset = opset_of(config)
   if opset < 21 and any(o.bits == 16 for o in program.ops if ops.onnx_op(o, "qdq").point):
     raise ValueError(f"export_qdq: int16 QuantizeLinear needs opset >= 21; config.export.opset is {opset}")
-  return _build(program, functools.partial(_qdq_op, ctx=ops.QuantCtx(params, scales)), _float_out, opset=opset,
+  ctx = ops.QuantCtx(params, scales)
+  qdq_op = lambda e, op, xs, ins: ops.onnx_op(op, "qdq").emit_qdq(e, op, xs, ins, ctx)   # Q/DQ at points, int8 weights
+  return _build(program, qdq_op, _float_out, opset=opset,
                 name="densetnt_qdq", doc="DenseTNT fake-quant predict as QDQ (int8/int16 activations, int8 "
                 "per-channel weights) up to the top-k goals; NMS on the host")
 
 
 # ------------------------------------------------------------------------------------------- int graph
+def _int_op(e: Emitter, op, xs, ins):
+  """One program op on int32 codes: its kernel (the interpreter's) on ONNX tensors."""
+  ops.onnx_op(op, "int")                    # a kind the table lacks: a ValueError naming it
+  return ops.run_kernel(e, op, xs, ins)
+
+
 def _int_out(e, op, t):
   if op.bits:
     return e.node("Mul", [e.cast(t, np.float32), np.float32(op.consts["scale"])]), np.float32
@@ -142,7 +130,6 @@ def export_int(program: Program, config=None, *, codes: bool = False) -> onnx.Mo
   extra = tuple(program.code_ops()) if codes else ()
   host, handed = program.host_part()
   return _build(program, _int_op, _int_out, opset=opset_of(config), name="densetnt_int", codes_as_int=True,
-                extra_outputs=extra,
-                host=tuple(host), handed=tuple(handed),
+                extra_outputs=extra, host=tuple(host), handed=tuple(handed),
                 doc="DenseTNT integer program (int8/int16 codes, int32 requant, LUTs) up to the top-k goals; "
                 "NMS on the host")

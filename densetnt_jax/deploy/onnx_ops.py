@@ -5,14 +5,14 @@ arith's math is written once, for jnp and ONNX alike. `ONNX_OPS[kind]` (an `Onnx
 params and int8 weights, QDQ on the codes behind a DequantizeLinear, the LSB of a float output (quant must not
 import onnx, an optional extra; tests/test_op_table.py checks ONNX_OPS names only OPS kinds).
 
-`OnnxNamespace` spells jnp's integer operations with ONNX ops (arith's docstring has the mapping): arithmetic
-right shift by 2^k as (v - Mod(v, 2^k)) / 2^k (Mod takes the divisor's sign, the division is exact),
-v & (2^k - 1) as Mod(v, 2^k), v << k as v * 2^k, 2^k of a tensor k by Gather from a table, the bit length as
-ReduceSum(v >= 2^j), table lookups by Gather, int8 x int8 dots by MatMulInteger (int16 operands split into
-bytes by `arith.int_matmul`). int32 Mul and Add wrap in onnxruntime as in XLA. When no operand is a tensor,
-the result is computed in numpy (int32 wraps like XLA), so static requant shifts and masks cost no nodes and
-a Where on a constant condition picks its branch at build time; identical nodes are emitted once, and nodes
-nothing reads are pruned when the model is built.
+`OnnxNamespace` spells jnp's integer operations with ONNX ops: arithmetic right shift by 2^k as
+(v - Mod(v, 2^k)) / 2^k (Mod takes the divisor's sign, the division is exact), v & (2^k - 1) as Mod(v, 2^k),
+v << k as v * 2^k, 2^k of a tensor k by Gather from a table, the bit length as ReduceSum(v >= 2^j), table
+lookups by Gather, int8 x int8 dots by MatMulInteger (int16 operands split into bytes by `arith.int_matmul`),
+quantization as Mul by the float32 1/s, Floor, Sub, GreaterOrEqual (`arith.round_half_up`), Clip, Cast. int32
+Mul and Add wrap in onnxruntime as in XLA. When no operand is a tensor, the result is computed in numpy, so
+static requant shifts and masks cost no nodes and a Where on a constant condition picks its branch at build
+time; identical nodes are emitted once, and nodes nothing reads are pruned when the model is built.
 """
 from __future__ import annotations
 

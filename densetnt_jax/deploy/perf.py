@@ -24,7 +24,7 @@ import numpy as np
 from densetnt_jax.deploy.checker import TargetSpec, tensor_bytes
 from densetnt_jax.quant.interpreter import run_program
 from densetnt_jax.quant.ops import elements, op_def
-from densetnt_jax.quant.program import Op, Program
+from densetnt_jax.quant.program import Program
 
 # HAT's published DenseTNT figure on J6E (batch 30), printed beside our estimate
 HAT_J6E_REFERENCE = dict(batch=30, latency_ms=11.30, fps=144.7, source="HAT DenseTNT (J6E, batch 30)")
@@ -50,11 +50,6 @@ class LayerPerf:
     return "compute" if self.compute_us >= self.memory_us else "memory"
 
 
-def is_view(o: Op, shapes: dict) -> bool:
-  """Ops that move no data: reshapes, and indexing that only adds or drops unit axes (`OpDef.is_view`)."""
-  return op_def(o.kind).is_view(o, shapes)
-
-
 def _tensors(program: Program) -> dict:
   """{tensor: (shape, bits, dtype)} of the program inputs and every op output."""
   t = {n: (s, 0, d) for n, (s, d) in program.inputs.items()}
@@ -75,7 +70,7 @@ def layer_perf(program: Program, spec: TargetSpec, batch: int) -> list[LayerPerf
     work = d.work(o, tensors, batch) if d.work is not None else elements(o.shape, batch)
     elem = work * d.element_ops
     int16 = any(tensors[i][1] > 8 for i in o.inputs) and macs > 0
-    where = "host" if o.kind in spec.host_ops else "view" if is_view(o, tensors) else "chip"
+    where = "host" if o.kind in spec.host_ops else "view" if d.is_view(o, tensors) else "chip"
     compute = (macs / (mac_rate * (spec.int16_throughput if int16 else 1.0)) + elem / (spec.vector_gops * 1e9)) * 1e6
     memory = (in_bytes + out_bytes + params) / (spec.dram_gb_per_s * 1e9) * 1e6
     latency = max(compute, memory) + spec.op_overhead_us if where == "chip" else 0.0
@@ -96,7 +91,7 @@ def peak_activation_bytes(program: Program, batch: int) -> tuple[int, str]:
   for role, name in program.outputs.items():
     last_read[name] = len(program.ops)
   for i, o in enumerate(program.ops):                 # a view keeps its source buffer alive as long as it lives
-    if is_view(o, tensors):
+    if op_def(o.kind).is_view(o, tensors):
       buffer_of[o.name] = buffer_of[o.inputs[0]]
     else:
       buffer_of[o.name] = o.name

@@ -12,14 +12,10 @@ int32 kernels pre-shift, multiply and shift again (two roundings, 2.8% of output
 that is the `pre_shift` simulator setting of `Requant` (0 = single rounding, the default).
 
 Written once for JAX and ONNX: each kernel takes its array namespace from its operands (`namespace`): jax.numpy
-in the interpreter and the fake-quant forms, deploy/onnx_ops.OnnxNamespace in the integer ONNX export, which
-spells every step with ONNX ops: int32 Add/Sub/Mul; arithmetic right shift by 2^k as (v - Mod(v, 2^k)) / 2^k
-(ONNX Div truncates, Mod with fmod=0 takes the divisor's sign), v & (2^k - 1) as Mod(v, 2^k); Clip; Where;
-ReduceMax/ReduceSum; Gather from int32 tables; MatMulInteger on int8 operands (int16 ones split into bytes);
-the bit length (`lax.clz`) as ReduceSum(v >= 2^j, j = 0..30). Floats appear only where a program input is
-quantized: Mul by the float32 1/s, then Floor, Sub, GreaterOrEqual (`round_half_up`), Clip, Cast. All other
-constants are integers computed once by the `*_params` helpers. The float references at the end (the float ops
-the kernels stand for) are written the same way.
+in the interpreter and the fake-quant forms, deploy/onnx_ops.OnnxNamespace (which spells each step with ONNX
+ops) in the integer ONNX export. Floats appear only where a program input is quantized; every other constant is
+an integer computed once by the `*_params` helpers. The float references at the end (the float ops the kernels
+stand for) are written the same way.
 """
 from __future__ import annotations
 
@@ -48,10 +44,8 @@ def _dtype(bits: int):
 
 
 # ------------------------------------------------------------------------------------------ namespace
-# The integer kernels below are written once, with operators (+ - * >> << & comparisons) and the functions of
-# an array namespace `xp` taken from their operands: jax.numpy (`JNP`) in the interpreter and the fake-quant
-# forms, the ONNX graph builder (`deploy/onnx_ops.OnnxNamespace`, whose tensors carry `.xp`) in the integer
-# ONNX export. Besides jnp's names a namespace has the primitives the two spell differently:
+# The kernels use operators (+ - * >> << & comparisons) and the functions of a namespace `xp` taken from their
+# operands (ONNX tensors carry `.xp`); besides jnp's names it has the primitives JAX and ONNX spell differently:
 class _JnpNamespace:
   """jax.numpy, plus `bit_length`, `code_matmul` (the native integer matmul), `top_k_indices`,
   `exact_multiply` (one float32 product, never rewritten) and the float references' `rsqrt`, `stop_gradient`

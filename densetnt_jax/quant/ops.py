@@ -1,22 +1,15 @@
 """The op table: one definition per op kind of the integer program, holding what every reader of a program asks.
 
-Each `OpDef` says, for its kind: the schema (number of inputs, constant names, attrs the recorder writes), how
-`convert` derives the integer constants from the float params and scales (`derive`: the same `arith.*_params`
-calls as the fake-quant forms), the integer kernel the interpreter runs (`kernel`, the `arith` function the
-fake-quant forward runs too, and the integer ONNX export on ONNX tensors), the float op it stands for
-(`float`: arith's float references, which the float and QDQ ONNX exports run) and whether its output is a
-quantization point, its requant triples and lookup tables, the bound of every int32 intermediate the kernel
-computes (`bounds`, from the op's stored constants and its producers' shapes; `row_shift` for requants whose
-shift grows per row), and its cost (`macs`, `work` x `element_ops`). The interpreter, the model checker, the
-artifact reader, `convert`, the cost model and the ONNX exports iterate a program and ask `OPS[op.kind]`: none
-of them branches on kind strings. Adding an op kind is one entry here, plus its `arith` kernel (and float
-reference) and the model code that records it; deploy/onnx_ops.py's ONNX_OPS only where ONNX needs more (int8
-weights, operations on the codes behind a DequantizeLinear).
+An `OpDef` (its fields say what each holds) has its kind's schema, how `convert` derives the integer constants
+(`derive`: the same `arith.*_params` calls as the fake-quant forms), the integer kernel (the `arith` function
+the interpreter, the fake-quant forward and the integer ONNX export run), the float op it stands for, the bound
+of every int32 intermediate and its cost. The interpreter, the checker, the artifact reader, `convert`, the
+cost model and the ONNX exports iterate a program and ask `OPS[op.kind]`: none branches on kind strings. A new
+kind is one entry here, its `arith` kernel (and float reference) and the model code that records it
+(deploy/onnx_ops.ONNX_OPS only where ONNX needs more: int8 weights, operations on codes behind a DequantizeLinear).
 
-`op` below is a `program.Op` (duck-typed: kind, inputs, bits, attrs, consts, shape); `ins` the inputs' facts
-(`.shape` with the batch None, `.dtype` the stored dtype, `.bits`); `consts` the op's constants as arrays;
-`xs` the inputs as int32 (codes widened), masks and indices as they are, or the float tensors of a float form;
-arrays of any namespace (`arith.namespace`: jnp, or ONNX tensors).
+Callables take `op` (a `program.Op`, duck-typed), `ins` (the inputs' `TensorFacts`), `consts` (the op's constants)
+and `xs` (the inputs: int32 codes, masks, indices, or the float tensors of a float form; any `arith.namespace`).
 """
 from __future__ import annotations
 
