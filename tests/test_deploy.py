@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import jax
+import jsonschema
 import numpy as np
 import pytest
 
@@ -309,6 +310,11 @@ def _bits_3(header, blob):
   return blob
 
 
+def _bits_float(header, blob):
+  _first_op(header, "dense")["bits"] = 8.0      # an integer to JSON Schema's default type check, a float here
+  return blob
+
+
 def _missing_const(header, blob):
   del _first_op(header, "dense")["consts"]["mult"]
   return blob
@@ -358,13 +364,14 @@ CORRUPT = {
     "version-1": (lambda d: _version(d, 1), r"format version 1; this runner reads version 2 \(recompile"),
     "wrong-magic": (lambda d: b"PK\3\4" + d[4:], r"not a densetnt artifact"),
     "unknown-flags": (lambda d: d[:12] + struct.pack("<I", 6) + d[16:], r"unknown flags 0x6"),
-    "bad-dtype": (lambda d: _rebuild(d, _bad_dtype), r"\.dtype: 'object', not one of"),
+    "bad-dtype": (lambda d: _rebuild(d, _bad_dtype), r"\.dtype: 'object' is not one of \['bool', "),
     "lut-mismatch": (lambda d: _rebuild(d, _bad_lut), r"lookup table EXP_TABLE differs"),
     "array-outside-blob": (lambda d: _rebuild(d, _bad_offset), r"does not fit the blob"),
-    "negative-shape": (lambda d: _rebuild(d, _negative_shape), r"shape\[0\]: expected an integer in \[0, "),
-    "unknown-kind": (lambda d: _rebuild(d, _unknown_kind), r"\.kind: unknown op kind 'gelu'"),
-    "bits-3": (lambda d: _rebuild(d, _bits_3), r"\.bits: 3; code widths are 8 or 16"),
-    "missing-const": (lambda d: _rebuild(d, _missing_const), r"\.consts: missing keys \['mult'\]"),
+    "negative-shape": (lambda d: _rebuild(d, _negative_shape), r"\.shape\[0\]: -\d+ is below the minimum 0"),
+    "unknown-kind": (lambda d: _rebuild(d, _unknown_kind), r"ops\[\d+\]\.kind: 'gelu' is not one of \['add', "),
+    "bits-3": (lambda d: _rebuild(d, _bits_3), r"ops\[\d+\]\.bits: 3 is not one of \[0, 8, 16\]"),
+    "bits-float": (lambda d: _rebuild(d, _bits_float), r"ops\[\d+\]\.bits: expected integer, got float 8\.0"),
+    "missing-const": (lambda d: _rebuild(d, _missing_const), r"ops\[\d+\]\.consts: 'mult' is a required property"),
     "deep-json": (lambda d: _retext(d, lambda t: t.replace(b'"info":{', b'"info":' + b"[" * 10**5 + b"]" * 10**5
                                                            + b',"x":{')), r"corrupt header JSON \(RecursionError"),
     "huge-number": (lambda d: _retext(d, lambda t: t.replace(b'"version":2', b'"version":' + b"9" * 5000)),
@@ -378,6 +385,10 @@ CORRUPT = {
     "checker-violation": (lambda d: _rebuild(d, _shift_60),
                           r"does not fit target j6e-class: layer [^ ]+ rule shift: requant shift in \[\d+, 60\]"),
 }
+
+
+def test_header_schema_is_a_valid_json_schema():
+  jsonschema.Draft202012Validator.check_schema(artifact.HEADER_SCHEMA)
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPT))

@@ -23,10 +23,10 @@ configs are absent, and then the loader checks against configs/argo.py or refuse
 Reading trusts nothing in the file, in this order, and refuses with one `ArtifactError` line saying what and
 where: a non-regular file (a FIFO is never opened for reading) or one over `max_nbytes`; the prefix (magic,
 version, flags, the file length against the file system's, before the body is read); the SHA-256 checksum and,
-with a key, the signature, before any JSON is parsed; the JSON (depth, number sizes, NaN, duplicate keys); a
-strict schema (known keys and types; arrays of whitelisted dtypes with non-negative shapes, shape product x
-itemsize = nbytes, inside the blob and not overlapping; op kinds with their inputs, constants (`ops.OPS`) and
-attrs; bits in {0, 8, 16}; LUTs equal to this runtime's); then the structural checker
+with a key, the signature, before any JSON is parsed; the JSON (depth, number sizes, NaN, duplicate keys); the
+header's JSON Schema (`HEADER_SCHEMA`: known keys and types, whitelisted dtypes, op kinds with their inputs,
+constants (`ops.OPS`) and attrs, bits in {0, 8, 16}) and where its arrays lie (inside the blob, shape x itemsize
+= nbytes, not overlapping; LUTs equal to this runtime's); then the structural checker
 (`checker.check_program`) against the recorded target, whose operands rule traces every op abstractly through
 the interpreter's own kernels (`jax.eval_shape`, nothing runs): each must give its declared shape and dtype at
 any batch, so an accepted program runs; last the outputs through the host epilogue, abstractly too. Writing
@@ -47,12 +47,12 @@ import hmac
 import json
 import math
 import os
-import re
 import reprlib
 import stat
 import struct
 
 import jax
+import jsonschema
 import numpy as np
 
 from densetnt_jax.deploy.checker import CHECK_BATCH, FLOAT_CONSTS, TargetSpec, check_program
@@ -66,7 +66,6 @@ from densetnt_jax.workdir import PROJECT_CONFIG, config_from
 MAGIC = b"DTNTINT\0"
 VERSION = 2                               # 2: flags and the file length in the prefix, keyed signature, target
 ALIGN = 64
-SUFFIX = ".dtnt"
 PREFIX = struct.Struct("<8sIIQQ")         # magic, version, flags, header length, file length
 FLAG_KEYED = 1
 DIGEST = 32
@@ -90,14 +89,13 @@ _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlev
 
 
 # ------------------------------------------------------------------------------------------ op kinds
-# What each op kind needs (number of inputs, constants, attrs): the op table, `quant.ops.OPS`.
+# What each op kind needs (number of inputs, constants, attrs): the op table, `quant.ops.OPS` (`_kind_schema`).
 CONST_DTYPES = {"w_q": "int8", "g_q": "int16", **dict.fromkeys(FLOAT_CONSTS, "float32")}   # others: int32
 CODE_BITS = (0, 8, 16)                    # 0: a mask, index or float tensor
 OP_DTYPES = ("float32", "int32", "bool")
 INPUT_DTYPES = ("float32", "int32", "bool")
 MAX_DIM = 2**31 - 1
 MAX_RANK = 8
-FIELD = re.compile(r"[A-Za-z0-9_]{1,64}")  # a program input `inputs/<field>` is read from `<field>.npy`
 # bounds of the host epilogue's loops and draws (configs/argo.py: 6 rounds, 4 restarts)
 POSTPROCESS_LIMITS = {"mode_num": (1, 1024), "opt_iterations": (0, 1000), "opt_restarts": (0, 256),
                       "opt_seed": (0, 2**32 - 1)}
@@ -298,7 +296,7 @@ def parse(data: bytes, where: str = "<bytes>", key: bytes | None = None) -> tupl
   _verify(data, flags, signing_key() if key is None else key, where)
   header = _load_json(data[PREFIX.size:PREFIX.size + header_nbytes], where)
   trailer = DIGEST * (2 if flags & FLAG_KEYED else 1)
-  _Schema(where).header(header, PREFIX.size + header_nbytes, len(data) - trailer)
+  _check_header(header, where, PREFIX.size + header_nbytes, len(data) - trailer)
   start = header["blob_offset"]
   arrays = {}
   for k, a in header["arrays"].items():
@@ -336,279 +334,138 @@ def program_from(header: dict, arrays: dict, where: str = "<bytes>") -> Program:
 
 
 # ------------------------------------------------------------------------------------------- schema
-def _is_int(v) -> bool:
-  return type(v) is int
+# The header's structure as a JSON Schema (draft 2020-12, checked by `jsonschema`); `_check_header` adds what a
+# schema cannot say (array extents inside the blob, constants naming arrays of their dtype, the LUTs' shapes).
+# "integer" is a JSON int only (8.0 is a float here: it would reach the kernels as a float width).
+_VALIDATOR = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=(
+    jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _, v: type(v) is int)))
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
-def _is_number(v) -> bool:
-  """A finite float or an int a float holds (JSON ints may have 4,300 digits: math.isfinite overflows on them)."""
-  return (type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) <= 2**53)
+def _int(lo: int = 0, hi: int = MAX_DIM) -> dict:
+  return {"type": "integer", "minimum": lo, "maximum": hi}
 
 
-class _Schema:
-  """The header's schema; the first violation raises an ArtifactError naming the key path."""
+def _obj(required: dict, optional: dict | None = None, **more) -> dict:
+  """An object with exactly these keys (`optional` ones may be absent)."""
+  return {"type": "object", "properties": {**required, **(optional or {})}, "required": list(required),
+          "additionalProperties": False, **more}
 
-  def __init__(self, where: str):
-    self.where = where
 
-  def fail(self, at: str, what: str):
-    raise ArtifactError(f"{self.where}: header {at}: {what}")
+def _list(items: dict, lo: int = 0, hi: int = MAX_RANK, **more) -> dict:
+  return {"type": "array", "items": items, "minItems": lo, "maxItems": hi, **more}
 
-  def typed(self, v, types, at: str):
-    if type(v) not in (types if isinstance(types, tuple) else (types,)):
-      names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-      self.fail(at, f"expected {names}, got {type(v).__name__} {_short.repr(v)}")
-    return v
 
-  def integer(self, v, at: str, lo: int = 0, hi: int = MAX_DIM) -> int:
-    if not (_is_int(v) and lo <= v <= hi):
-      self.fail(at, f"expected an integer in [{lo}, {hi}], got {_short.repr(v)}")
-    return v
+_NUMBER = {"type": "number", "minimum": -_FLOAT_MAX, "maximum": _FLOAT_MAX}   # a 4,300-digit int is no float
+_STR = {"type": "string"}
+_SHAPE = _list(_int())
+_BATCH_SHAPE = _list(_int(), lo=1, prefixItems=[{"type": "null"}])    # axis 0: the symbolic batch
+_SLICE = _list({"type": ["integer", "null"], "minimum": -MAX_DIM, "maximum": MAX_DIM}, 3, 3,
+               prefixItems=[{}, {}, {"not": {"const": 0}}])        # [start, stop, step], step not 0
+_INDEX = _list({"anyOf": [{"const": "..."}, {"type": "null"}, _int(-MAX_DIM, MAX_DIM), _obj({"slice": _SLICE})]},
+               contains={"const": "..."}, minContains=0, maxContains=1)   # program.encode_index
+_ATTRS = {"in_bits": _list({"type": "integer", "enum": list(CODE_BITS)}, hi=MAX_DIM), "eps": _NUMBER,
+          "alpha": _NUMBER, "spacing": {**_NUMBER, "exclusiveMinimum": 0}, "k": _int(1), "radius": _int(0, 64),
+          "transpose_b": {"type": "boolean"}, "shape": _BATCH_SHAPE, "reps": _list(_int(1, 2**16), lo=1),
+          "index": _INDEX, **dict.fromkeys(("axis", "source", "destination"), _int(-MAX_RANK, MAX_RANK - 1))}
 
-  def number(self, v, at: str) -> float:
-    if not _is_number(v):
-      self.fail(at, f"expected a finite number, got {_short.repr(v)}")
-    return v
 
-  def keys(self, d, at: str, required, optional=()) -> dict:
-    self.typed(d, dict, at)
-    missing = [k for k in required if k not in d]
-    unknown = [k for k in d if k not in required and k not in optional]
-    if missing or unknown:
-      self.fail(at, "; ".join(([f"missing keys {missing}"] if missing else [])
-                              + ([f"unknown keys {_short.repr(unknown)}"] if unknown else [])))
-    return d
+def _kind_schema(d: OpDef) -> dict:
+  """What an op of kind `d` holds: its inputs' count, its attrs, its constants (`scale` too where an output or
+  quantize needs it; a requant triple per input for concat) as array keys."""
+  consts = {"type": "object", "required": list(d.consts), "additionalProperties": False,
+            "properties": dict.fromkeys(d.consts + ("scale",), _STR)}
+  if d.per_input_requant:
+    consts["patternProperties"] = {r"^[0-9]{1,3}_(mult|shift|pre)$": _STR}
+  count = {"minItems": d.inputs, "maxItems": d.inputs} if d.inputs else {"minItems": 1}
+  return {"if": {"properties": {"kind": {"const": d.kind}}},
+          "then": {"properties": {"inputs": count, "attrs": _obj({a: _ATTRS[a] for a in d.attrs}), "consts": consts}}}
 
-  def shape(self, v, at: str, batch: bool) -> list:
-    """A list of sizes; `batch`: axis 0 is the symbolic batch (null), every other axis an int."""
-    self.typed(v, list, at)
-    if not 0 <= len(v) <= MAX_RANK or (batch and (not v or v[0] is not None)):
-      self.fail(at, f"shape {_short.repr(v)}: {'a null batch axis first, ' if batch else ''}"
-                f"at most {MAX_RANK} axes")
-    for i, d in enumerate(v[1:] if batch else v):
-      self.integer(d, f"{at}[{i + batch}]")
-    return v
 
-  # ------------------------------------------------------------------------------------------ header
-  def header(self, h: dict, header_end: int, body_end: int) -> None:
-    """Every key of the header; `header_end`, `body_end`: where the header ends and the blob must end."""
-    self.keys(h, "", ("format", "version", "program_format", "blob_offset", "blob_nbytes", "meta", "inputs",
-                      "outputs", "ops", "luts", "arrays", "info", "target"))
-    if h["format"] != "densetnt-int-artifact" or h["version"] != VERSION:
-      self.fail("format", f"{_short.repr(h['format'])} version {_short.repr(h['version'])}, expected "
-                f"'densetnt-int-artifact' version {VERSION}")
-    if h["program_format"] != PROGRAM_FORMAT:
-      self.fail("program_format", f"{_short.repr(h['program_format'])}, this runner understands "
-                f"{PROGRAM_FORMAT!r}")
-    start = self.integer(h["blob_offset"], "blob_offset", 0, body_end)
-    size = self.integer(h["blob_nbytes"], "blob_nbytes", 0, body_end)
-    if start != header_end + _pad(header_end) or start + size != body_end:
-      self.fail("blob_offset", f"blob [{start}, {start + size}) is not between the header (ends at "
-                f"{header_end}) and the signature / checksum (at {body_end})")
-    self.typed(h["info"], dict, "info")
-    self.arrays(h["arrays"], size)
-    self.luts(h["luts"], h["arrays"])
-    self.inputs(h["inputs"])
-    self.ops(h["ops"], h["inputs"], h["arrays"])
-    self.outputs(h["outputs"], h["ops"])
-    used = set(h["luts"].values()) | {k for d in h["ops"] for k in d["consts"].values()}
-    unused = [k for k in h["arrays"] if k not in used]
-    if unused:
-      self.fail("arrays", f"arrays {_short.repr(unused)} are read by no op or LUT")
-    self.meta(h["meta"])
-    self.target(h["target"])
+_OP = _obj({"name": {"type": "string", "minLength": 1, "maxLength": 256}, "kind": {"enum": sorted(OPS)},
+            "inputs": _list(_STR, hi=MAX_DIM), "shape": _BATCH_SHAPE, "dtype": {"enum": list(OP_DTYPES)},
+            "bits": {"type": "integer", "enum": list(CODE_BITS)}, "scale": {**_NUMBER, "type": ["number", "null"]},
+            "attrs": {"type": "object"}, "consts": {"type": "object"}},
+           allOf=[_kind_schema(d) for d in OPS.values()])
+_POSTPROCESS = {f.name: {"str": _STR, "int": _int(*POSTPROCESS_LIMITS.get(f.name, (0, MAX_DIM)))}.get(f.type, _NUMBER)
+                for f in dataclasses.fields(PostprocessSettings)}
+_TARGET_TYPES = {"str": _STR, "float": _NUMBER, "tuple": _list(_STR, hi=MAX_DIM),
+                 "dict": {"type": "object", "additionalProperties": _list(_int(0, 16), hi=MAX_DIM)}}
+_TARGET = _obj({f.name: _TARGET_TYPES.get(f.type, _int(1, 2**62)) for f in dataclasses.fields(TargetSpec)})
+_TARGET["type"] = ["object", "null"]                # null: the loader's default target
+_TARGET["properties"].update(dict.fromkeys(RUNTIME_LIMITS, _int()), perf_batches=_list(_int(1), hi=MAX_DIM))
+HEADER_SCHEMA = _obj({
+    "format": {"const": "densetnt-int-artifact"}, "version": {"const": VERSION},
+    "program_format": {"const": PROGRAM_FORMAT}, "blob_offset": _int(0, 2**63), "blob_nbytes": _int(0, 2**63),
+    "meta": _obj({"threshold": _NUMBER, "mode_num": _int(*POSTPROCESS_LIMITS["mode_num"])},
+                 {"postprocess": _obj({}, _POSTPROCESS), "record_batch": _int(1)}),
+    "inputs": {"type": "object", "propertyNames": {"pattern": r"^inputs/[A-Za-z0-9_]{1,64}$"},   # <field>.npy
+               "additionalProperties": _list({}, 2, 2, prefixItems=[_BATCH_SHAPE, {"enum": list(INPUT_DTYPES)}])},
+    "outputs": {"type": "object", "additionalProperties": _STR}, "ops": _list(_OP, hi=MAX_DIM),
+    "luts": _obj(dict.fromkeys(LUTS, _STR)), "info": {"type": "object"}, "target": _TARGET,
+    "arrays": {"type": "object", "additionalProperties": _obj({"dtype": {"enum": sorted(DTYPES)}, "shape": _SHAPE,
+                                                                "offset": _int(0, 2**63), "nbytes": _int(0, 2**63)})}})
+_HEADER = _VALIDATOR(HEADER_SCHEMA)
 
-  def arrays(self, arrays, blob_nbytes: int) -> None:
-    self.typed(arrays, dict, "arrays")
-    spans = []
-    for k, a in arrays.items():
-      at = f"arrays[{_short.repr(k)}]"
-      self.keys(a, at, ("dtype", "shape", "offset", "nbytes"))
-      if not isinstance(a["dtype"], str) or a["dtype"] not in DTYPES:
-        self.fail(f"{at}.dtype", f"{_short.repr(a['dtype'])}, not one of {sorted(DTYPES)}")
-      self.shape(a["shape"], f"{at}.shape", batch=False)
-      count = math.prod(a["shape"])
-      nbytes = self.integer(a["nbytes"], f"{at}.nbytes", 0, 2**63)
-      if nbytes != count * np.dtype(DTYPES[a["dtype"]]).itemsize:
-        self.fail(f"{at}.nbytes", f"{nbytes} bytes for {a['dtype']}{a['shape']} ({count} elements)")
-      off = self.integer(a["offset"], f"{at}.offset", 0, 2**63)
-      if off % ALIGN or off + nbytes > blob_nbytes:
-        self.fail(f"{at}.offset", f"{a['dtype']}{a['shape']} at {off}+{nbytes} does not fit the blob "
-                  f"({blob_nbytes} bytes, {ALIGN}-aligned offsets)")
-      spans.append((off, off + nbytes, k))
-    spans.sort()
-    for (_, end, k0), (off, _, k1) in zip(spans, spans[1:]):
-      if off < end:                       # one region read as many arrays would multiply the memory a file costs
-        self.fail(f"arrays[{_short.repr(k1)}].offset", f"overlaps array {_short.repr(k0)}")
 
-  def luts(self, luts, arrays: dict) -> None:
-    self.keys(luts, "luts", LUTS)
-    for table, k in luts.items():
-      if not isinstance(k, str) or k not in arrays:
-        self.fail(f"luts.{table}", f"names no array ({_short.repr(k)})")
-      if arrays[k]["shape"] != list(np.shape(getattr(A, table))) or arrays[k]["dtype"] != "int32":
-        self.fail(f"luts.{table}", f"{arrays[k]['dtype']}{arrays[k]['shape']}; this runtime's table is "
-                  f"int32{list(np.shape(getattr(A, table)))}")
+def _schema_error(e: jsonschema.ValidationError) -> str:
+  """`ops[3].bits: 3 is not one of [0, 8, 16]`: where, then what (long values shortened)."""
+  at = "".join(f".{p}" if isinstance(p, str) and p.isidentifier() else f"[{_short.repr(p)}]"
+               for p in e.absolute_path).lstrip(".") or "(root)"
+  what = {"enum": lambda: f"{_short.repr(e.instance)} is not one of {e.validator_value}",
+          "type": lambda: f"expected {e.validator_value}, got {type(e.instance).__name__} {_short.repr(e.instance)}",
+          "minimum": lambda: f"{_short.repr(e.instance)} is below the minimum {e.validator_value}",
+          "maximum": lambda: f"{_short.repr(e.instance)} is above the maximum {e.validator_value}"}.get(e.validator)
+  return f"{at}: {what() if what else e.message}"
 
-  def inputs(self, inputs) -> None:
-    self.typed(inputs, dict, "inputs")
-    for name, v in inputs.items():
-      at = f"inputs[{_short.repr(name)}]"
-      if not (name.startswith("inputs/") and FIELD.fullmatch(name[len("inputs/"):])):
-        self.fail(at, "a program input is named inputs/<field>, the field of letters, digits and _")
-      if not (type(v) is list and len(v) == 2 and v[1] in INPUT_DTYPES):
-        self.fail(at, f"expected [shape, dtype] with a dtype in {INPUT_DTYPES}, got {_short.repr(v)}")
-      self.shape(v[0], f"{at}.shape", batch=True)
 
-  def ops(self, ops, inputs: dict, arrays: dict) -> None:
-    self.typed(ops, list, "ops")
-    known = set(inputs)
-    for i, d in enumerate(ops):
-      at = f"ops[{i}]"
-      self.keys(d, at, ("name", "kind", "inputs", "shape", "dtype", "bits", "scale", "attrs", "consts"))
-      name = self.typed(d["name"], str, f"{at}.name")
-      at = f"op {_short.repr(name)}"
-      if not 0 < len(name) <= 256 or name in known:
-        self.fail(at, "op names are 1-256 characters, unique, and not a program input's")
-      if not isinstance(d["kind"], str) or d["kind"] not in OPS:
-        self.fail(f"{at}.kind", f"unknown op kind {_short.repr(d['kind'])}; known: {sorted(OPS)}")
-      spec = OPS[d["kind"]]
-      self.typed(d["inputs"], list, f"{at}.inputs")
-      if (spec.inputs is None and not d["inputs"]) or (spec.inputs is not None and len(d["inputs"]) != spec.inputs):
-        self.fail(f"{at}.inputs", f"{d['kind']} reads {spec.inputs or 'one or more'} tensors, got "
-                  f"{len(d['inputs'])}")
-      for x in d["inputs"]:
-        if not isinstance(x, str) or x not in known:
-          self.fail(f"{at}.inputs", f"reads {_short.repr(x)}, which no earlier op or program input defines")
-      self.shape(d["shape"], f"{at}.shape", batch=True)
-      if d["dtype"] not in OP_DTYPES:
-        self.fail(f"{at}.dtype", f"{_short.repr(d['dtype'])}, not one of {OP_DTYPES}")
-      if d["bits"] not in CODE_BITS or not _is_int(d["bits"]):
-        self.fail(f"{at}.bits", f"{_short.repr(d['bits'])}; code widths are 8 or 16 (0: not codes)")
-      if d["scale"] is not None:
-        self.number(d["scale"], f"{at}.scale")
-      self.attrs(d["attrs"], d, spec, at)
-      self.consts(d["consts"], d, spec, arrays, at)
-      known.add(name)
+def _check_header(h, where: str, header_end: int, body_end: int) -> None:
+  """The header's schema, then where its arrays lie and what its constants and LUTs name; the first violation
+  raises an ArtifactError naming the key path. (Op names, inputs and outputs: the checker's graph rule.)"""
+  error = next(_HEADER.iter_errors(h), None)
+  if error is not None:
+    raise ArtifactError(f"{where}: header {_schema_error(error)}")
 
-  def attrs(self, attrs, d: dict, spec: OpDef, at: str) -> None:
-    self.keys(attrs, f"{at}.attrs", spec.attrs)
-    for k, v in attrs.items():
-      where = f"{at}.attrs.{k}"
-      if k == "in_bits":
-        self.typed(v, list, where)
-        if len(v) != len(d["inputs"]) or any(b not in CODE_BITS or not _is_int(b) for b in v):
-          self.fail(where, f"{_short.repr(v)}: one width in {CODE_BITS} per input")
-      elif k in ("eps", "alpha"):
-        self.number(v, where)
-      elif k == "spacing":
-        if not (_is_number(v) and v > 0):
-          self.fail(where, f"expected a positive number, got {_short.repr(v)}")
-      elif k in ("axis", "source", "destination"):
-        self.integer(v, where, -MAX_RANK, MAX_RANK - 1)
-      elif k in ("k",):
-        self.integer(v, where, 1)
-      elif k == "radius":
-        self.integer(v, where, 0, 64)
-      elif k == "transpose_b":
-        self.typed(v, bool, where)
-      elif k == "shape":
-        self.shape(v, where, batch=True)
-      elif k == "reps":
-        self.typed(v, list, where)
-        if not 0 < len(v) <= MAX_RANK:
-          self.fail(where, f"{_short.repr(v)}: 1 to {MAX_RANK} repeats")
-        for i, r in enumerate(v):
-          self.integer(r, f"{where}[{i}]", 1, 2**16)
-      elif k == "index":
-        self.index(v, where)
+  def fail(at: str, what: str):
+    raise ArtifactError(f"{where}: header {at}: {what}")
 
-  def index(self, v, at: str) -> None:
-    """An encoded index (program.encode_index): "...", null (a new axis), an int or {"slice": [a, b, c]}."""
-    self.typed(v, list, at)
-    if len(v) > MAX_RANK or v.count("...") > 1:
-      self.fail(at, f"{_short.repr(v)}: at most {MAX_RANK} entries and one ellipsis")
-    for i, e in enumerate(v):
-      if e is None or e == "...":
-        continue
-      if isinstance(e, dict):
-        self.keys(e, f"{at}[{i}]", ("slice",))
-        s = self.typed(e["slice"], list, f"{at}[{i}].slice")
-        if len(s) != 3 or any(x is not None and not (_is_int(x) and abs(x) <= MAX_DIM) for x in s) or s[2] == 0:
-          self.fail(f"{at}[{i}].slice", f"{_short.repr(s)}: [start, stop, step], ints or null, step not 0")
-      else:
-        self.integer(e, f"{at}[{i}]", -MAX_DIM, MAX_DIM)
-
-  def consts(self, consts, d: dict, spec: OpDef, arrays: dict, at: str) -> None:
-    """The kind's constants, each an array of its dtype; `scale` also where an output or quantize needs it."""
-    self.typed(consts, dict, f"{at}.consts")
-    required = spec.consts_for(len(d["inputs"]))
-    self.keys(consts, f"{at}.consts", required, ("scale",))
-    for c, k in consts.items():
-      if not isinstance(k, str) or k not in arrays:
-        self.fail(f"{at}.consts.{c}", f"names no array ({_short.repr(k)})")
-      want, a = CONST_DTYPES.get(c, "int32"), arrays[k]
-      if a["dtype"] != want or math.prod(a["shape"]) < 1:
-        self.fail(f"{at}.consts.{c}", f"{a['dtype']}{a['shape']}; expected a non-empty {want} array")
-
-  def outputs(self, outputs, ops: list) -> None:
-    self.typed(outputs, dict, "outputs")
-    by_name = {d["name"]: d for d in ops}
-    for role, name in outputs.items():
-      if not isinstance(name, str) or name not in by_name:
-        self.fail(f"outputs.{_short.repr(role)}", f"names {_short.repr(name)}, which no op defines")
-      if by_name[name]["bits"] and "scale" not in by_name[name]["consts"]:
-        self.fail(f"outputs.{_short.repr(role)}", f"code tensor {_short.repr(name)} has no scale constant to "
-                  "dequantize with")
-
-  def meta(self, meta) -> None:
-    self.keys(meta, "meta", ("threshold", "mode_num"), ("postprocess", "record_batch"))
-    self.number(meta["threshold"], "meta.threshold")
-    self.integer(meta["mode_num"], "meta.mode_num", *POSTPROCESS_LIMITS["mode_num"])
-    if "record_batch" in meta:
-      self.integer(meta["record_batch"], "meta.record_batch", 1)
-    post = meta.get("postprocess")
-    if post is None:
-      return
-    fields = {f.name: f.type for f in dataclasses.fields(PostprocessSettings)}
-    self.keys(post, "meta.postprocess", (), tuple(fields))
-    for k, v in post.items():
-      at = f"meta.postprocess.{k}"
-      if fields[k] == "str":
-        self.typed(v, str, at)
-      elif fields[k] == "int":
-        self.integer(v, at, *POSTPROCESS_LIMITS.get(k, (0, MAX_DIM)))
-      else:
-        self.number(v, at)
-    try:
-      PostprocessSettings.from_meta(meta)
-    except ValueError as e:
-      self.fail("meta.postprocess", str(e))
-
-  def target(self, target) -> None:
-    if target is None:
-      return
-    fields = {f.name: f.type for f in dataclasses.fields(TargetSpec)}
-    self.keys(target, "target", tuple(fields))
-    types = {"str": str, "int": int, "float": (int, float), "dict": dict, "tuple": list}
-    for k, v in target.items():
-      self.typed(v, types[fields[k]], f"target.{k}")
-    for k in ("op_bits",):
-      for kind, widths in target[k].items():
-        self.typed(widths, list, f"target.op_bits.{kind}")
-        for i, b in enumerate(widths):
-          self.integer(b, f"target.op_bits.{kind}[{i}]", 0, 16)
-    for k in ("layout_ops", "host_ops"):
-      for i, kind in enumerate(target[k]):
-        self.typed(kind, str, f"target.{k}[{i}]")
-    for k in ("perf_batches",):
-      for i, b in enumerate(target[k]):
-        self.integer(b, f"target.{k}[{i}]", 1)
-    for k, limit in RUNTIME_LIMITS.items():
-      if not 0 <= target[k] <= limit:
-        self.fail(f"target.{k}", f"{target[k]}; this runtime's kernels are exact up to {limit}")
-    for k in ("max_lut_entries", "lut_entry_bits", "max_tensor_bytes", "check_batch"):
-      self.integer(target[k], f"target.{k}", 1, 2**62)
+  start, size, arrays = h["blob_offset"], h["blob_nbytes"], h["arrays"]
+  if start != header_end + _pad(header_end) or start + size != body_end:
+    fail("blob_offset", f"blob [{start}, {start + size}) is not between the header (ends at {header_end}) and the "
+         f"signature / checksum (at {body_end})")
+  spans = []
+  for k, a in arrays.items():
+    at, count = f"arrays[{_short.repr(k)}]", math.prod(a["shape"])
+    if a["nbytes"] != count * np.dtype(DTYPES[a["dtype"]]).itemsize:
+      fail(f"{at}.nbytes", f"{a['nbytes']} bytes for {a['dtype']}{a['shape']} ({count} elements)")
+    if a["offset"] % ALIGN or a["offset"] + a["nbytes"] > size:
+      fail(f"{at}.offset", f"{a['dtype']}{a['shape']} at {a['offset']}+{a['nbytes']} does not fit the blob ({size} "
+           f"bytes, {ALIGN}-aligned offsets)")
+    spans.append((a["offset"], a["offset"] + a["nbytes"], k))
+  spans.sort()
+  for (_, end, k0), (off, _, k1) in zip(spans, spans[1:]):
+    if off < end:                       # one region read as many arrays would multiply the memory a file costs
+      fail(f"arrays[{_short.repr(k1)}].offset", f"overlaps array {_short.repr(k0)}")
+  named = [(f"luts.{t}", t, k) for t, k in h["luts"].items()] + \
+      [(f"ops[{i}].consts.{c}", c, k) for i, d in enumerate(h["ops"]) for c, k in d["consts"].items()]
+  for at, name, k in named:
+    if k not in arrays:
+      fail(at, f"names no array ({_short.repr(k)})")
+    a = arrays[k]
+    want = (list(np.shape(getattr(A, name))), "int32") if name in LUTS else (None, CONST_DTYPES.get(name, "int32"))
+    if a["dtype"] != want[1] or (want[0] is not None and a["shape"] != want[0]) or math.prod(a["shape"]) < 1:
+      fail(at, f"{a['dtype']}{a['shape']}; expected a non-empty {want[1]} array" + (f" of shape {want[0]} (this "
+           "runtime's table)" if want[0] else ""))
+  unused = set(arrays) - {k for _, _, k in named}
+  if unused:
+    fail("arrays", f"arrays {_short.repr(sorted(unused))} are read by no op or LUT")
+  for k, limit in RUNTIME_LIMITS.items() if h["target"] else ():
+    if h["target"][k] > limit:
+      fail(f"target.{k}", f"{h['target'][k]}; this runtime's kernels are exact up to {limit}")
+  try:
+    PostprocessSettings.from_meta(h["meta"])
+  except ValueError as e:
+    fail("meta.postprocess", str(e))
 
 
 # ----------------------------------------------------------------------------------- load-time checks
