@@ -387,8 +387,9 @@ CORRUPT = {
 }
 
 
-def test_header_schema_is_a_valid_json_schema():
-  jsonschema.Draft202012Validator.check_schema(artifact.HEADER_SCHEMA)
+def test_header_schemas_are_valid_json_schemas():
+  for schema in [artifact.HEADER_SCHEMA, *artifact.KIND_SCHEMAS.values()]:
+    jsonschema.Draft202012Validator.check_schema(schema)
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPT))

@@ -2,8 +2,8 @@
 
 Imports jax, numpy, jsonschema and the program / interpreter / postprocess / checker / workdir modules only: no
 flax, optax, orbax, model or training code, so a deployment host needs the artifact and this package's runtime,
-nothing else (the artifact records the target it is checked against at load). The kernels are the interpreter's (`run_program`),
-so results equal the interpreter's bit for bit.
+nothing else (the artifact records the target it is checked against at load). The kernels are the interpreter's
+(`run_program`), so results equal the interpreter's bit for bit.
 
   python -m densetnt_jax.deploy.runner ARTIFACT --inputs DIR --outputs DIR [--verbose]
 
