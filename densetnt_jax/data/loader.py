@@ -19,7 +19,7 @@ from densetnt_jax.data.errors import RecordError
 from densetnt_jax.data.lmdb_env import open_env
 from densetnt_jax.data.pack import (META_KEY, UNUSABLE_KEY, is_record_key, read_meta, read_unusable, record_key,
                                     split_lmdb_path)
-from densetnt_jax.data.record import FORMAT_VERSION, decode_arrays, pad_into
+from densetnt_jax.data.record import decode_arrays, pad_into
 from densetnt_jax.data.scene import Scene, shapes_from_config
 from densetnt_jax.data.vectorize import vectorize_settings
 
@@ -89,10 +89,6 @@ class ArgoverseDataset:
     meta = read_meta(txn, shard)
     if meta is None:
       raise RecordError(shard, "no __meta__ record: not written by bin/argoverse_packer.py")
-    if meta.get("format_version") != FORMAT_VERSION:
-      raise RecordError(shard, f"packed with record format {meta.get('format_version')!r}, this code reads "
-                               f"format {FORMAT_VERSION} (records now carry a checksum): re-pack it with "
-                               "bin/argoverse_packer.py into a new directory")
     packed = meta["vectorize"]
     diff = {k: (packed.get(k), v) for k, v in expected.items() if packed.get(k) != v}
     if diff:

@@ -65,7 +65,8 @@ def is_record_key(key: bytes) -> bool:
 
 
 def read_meta(txn, where: str) -> dict | None:
-  """The `__meta__` settings of an LMDB (None if there is none); RecordError naming `where` if it is garbage."""
+  """The `__meta__` settings of an LMDB (None if there is none); RecordError naming `where` if it is garbage or of
+  another record format (the packer and the loader read and write FORMAT_VERSION only)."""
   raw = txn.get(META_KEY)
   if raw is None:
     return None
@@ -76,6 +77,10 @@ def read_meta(txn, where: str) -> dict | None:
   if not isinstance(meta, dict) or not isinstance(meta.get("vectorize"), dict):
     raise RecordError(where, "__meta__ is not the packer's settings object: not written by "
                              "bin/argoverse_packer.py; re-pack")
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise RecordError(where, f"holds records of format {meta.get('format_version')!r}, this code reads and writes "
+                             f"format {FORMAT_VERSION} (records now carry a checksum): re-pack it with "
+                             "bin/argoverse_packer.py into a new directory")
   return meta
 
 
@@ -235,9 +240,6 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
   try:
     with env.begin(write=True) as txn:
       old = read_meta(txn, out)
-      if old is not None and old.get("format_version") != FORMAT_VERSION:
-        raise RecordError(out, f"holds records of format {old.get('format_version')!r}; this packer writes format "
-                               f"{FORMAT_VERSION}: re-pack into a new directory")
       if old is not None and old != meta:
         raise ValueError(f"{out} was packed with other settings {old}; now {meta}. Pack into a new directory.")
       txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
