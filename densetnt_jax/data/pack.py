@@ -108,10 +108,35 @@ def shard_dir(target_dir, mode: str, shard_index: int, num_shards: int) -> str:
   return base if num_shards == 1 else os.path.join(base, f"shard-{shard_index:05d}-of-{num_shards:05d}")
 
 
+WARNING = "warning: "          # a log line's reason for a scene that was packed but cannot be labelled
+
+
 def error_log_path(target_dir, mode: str, shard_index: int = 0, num_shards: int = 1) -> str:
   """The failures-and-warnings log of a pack (one per shard, so shards packed side by side keep theirs)."""
   suffix = "" if num_shards == 1 else f"-shard-{shard_index:05d}-of-{num_shards:05d}"
   return os.path.join(str(target_dir), f"{mode}_pack_errors{suffix}.log")
+
+
+def error_logs(target_dir, mode: str) -> list[str]:
+  """Every shard's failures-and-warnings log of a split's pack (`error_log_path`)."""
+  return sorted(glob.glob(os.path.join(str(target_dir), f"{mode}_pack_errors*.log")))
+
+
+def failed_sequence_ids(logs: list[str]) -> set[int]:
+  """The sequence ids these logs list as failures (the `path<TAB>reason` lines `pack_split` writes; not its
+  `warning:` ones: those scenes were packed)."""
+  ids = set()
+  for log in logs:
+    with open(log, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        path, _, why = line.rstrip("\n").partition("\t")
+        if why.startswith(WARNING):
+          continue
+        try:
+          ids.add(seq_id_from_path(path))
+        except ValueError:        # a line that names no sequence
+          pass
+  return ids
 
 
 @dataclasses.dataclass
@@ -305,7 +330,7 @@ def pack_split(src_data_dir, mode: str, target_data_dir, data_config, *, num_wor
     for path, why in summary.failed:
       f.write(f"{one_line(path, 1000)}\t{why}\n")
     for path, why in summary.warnings:
-      f.write(f"{one_line(path, 1000)}\twarning: {why}\n")
+      f.write(f"{one_line(path, 1000)}\t{WARNING}{why}\n")
   return summary
 
 

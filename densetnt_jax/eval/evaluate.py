@@ -7,7 +7,6 @@ the leaderboard file, only when it holds every sequence of the split's source di
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
@@ -16,9 +15,8 @@ import numpy as np
 from absl import logging
 
 from densetnt_jax.api import load
-from densetnt_jax.data.argoverse import seq_id_from_path
 from densetnt_jax.data.loader import ArgoverseDataset
-from densetnt_jax.data.pack import split_lmdb_path, split_source
+from densetnt_jax.data.pack import error_logs, failed_sequence_ids, split_lmdb_path, split_source
 from densetnt_jax.data.scene import to_city_frame_batch
 from densetnt_jax.eval.baselines import constant_velocity
 from densetnt_jax.eval.leaderboard import refuse_incomplete, source_sequence_ids, write_leaderboard_h5
@@ -93,31 +91,14 @@ def split_sequences(data_config, split: str, dataset: ArgoverseDataset) -> tuple
                     "split %s only, not against the sequences it was packed from", csv_dir, dataset.path)
     return None, {}, f"the packed split {dataset.path}"
   expected = source_sequence_ids(csv_dir)
-  logs = sorted(glob.glob(os.path.join(str(data_config.lmdb_dir), f"{split}_pack_errors*.log")))  # one per shard
+  logs = error_logs(data_config.lmdb_dir, split)
   policy = data_config.get("skip_unusable_scenes", "train")
-  reasons = {f"failed to pack (reasons in {', '.join(logs)})": _failed_to_pack(logs),
+  reasons = {f"failed to pack (reasons in {', '.join(logs)})": failed_sequence_ids(logs),
              f"skipped as unusable (config.data.skip_unusable_scenes={policy!r}; 'none' keeps them)":
                  set(dataset.skipped),
              f"not in the packed split {dataset.path} (pack it: bin/argoverse_packer.py --mode={split})":
                  expected - set(dataset.seq_ids.tolist())}
   return expected, reasons, csv_dir
-
-
-def _failed_to_pack(error_logs: list[str]) -> set[int]:
-  """The sequence ids the packer's logs list as failures (`path<TAB>reason` lines; not `warning:` ones,
-  which were packed)."""
-  ids = set()
-  for error_log in error_logs:
-    with open(error_log, encoding="utf-8", errors="replace") as f:
-      for line in f:
-        path, _, why = line.rstrip("\n").partition("\t")
-        if why.startswith("warning:"):
-          continue
-        try:
-          ids.add(seq_id_from_path(path))
-        except ValueError:        # a line that names no sequence
-          pass
-  return ids
 
 
 def evaluate(config, workdir: str, *, stage: str = "float", split: str | None = None,
