@@ -64,12 +64,17 @@ def is_user_error(error: BaseException) -> bool:
   return isinstance(error, OWN_ERRORS) and _raised_here(error)
 
 
-def exit_on_user_error(error: BaseException) -> None:
-  """Prints `error: <message on one line>` to stderr (the traceback first when verbose) and exits with 2."""
+def exit_on_user_error(error: BaseException, message: str | None = None) -> None:
+  """Prints `error: <message, default the error's, on one line>` to stderr (the traceback first when verbose) and
+  exits with 2."""
   if _verbose():
     traceback.print_exception(error)
-  hint = f"; {HELP_HINT}" if isinstance(error, (app.UsageError, flags.Error)) else ""
-  _exit_one_line((str(error) or type(error).__name__) + hint)
+  if message is None:
+    hint = f"; {HELP_HINT}" if isinstance(error, (app.UsageError, flags.Error)) else ""
+    message = (str(error) or type(error).__name__) + hint
+  sys.stdout.flush()
+  print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+  sys.exit(USER_ERROR_EXIT)
 
 
 def one_line(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
@@ -111,30 +116,20 @@ def _verbose() -> bool:
   return "--verbose" in sys.argv[1:]       # a flag error stopped the parse before it
 
 
-def _exit_one_line(message: str) -> None:
-  sys.stdout.flush()
-  print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
-  sys.exit(USER_ERROR_EXIT)
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parse with its errors as one line: an unknown flag, a bad value, a config override naming no
   field, a config file that does not load."""
   try:
     args = flags.FLAGS(argv)
   except flags.Error as e:
-    if _verbose():
-      traceback.print_exception(e)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # a config file's own error arrives as a traceback in the message: its first and last lines say it
-    _exit_one_line(" ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines) + f"; {HELP_HINT}")
+    exit_on_user_error(e, " ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines) + f"; {HELP_HINT}")
   except (AttributeError, KeyError) as e:     # config_flags: an override of a field the config does not have
     message = _override_error(argv, e)
     if message is None:                      # not about an override: a bug (e.g. in a config file)
       raise
-    if _verbose():
-      traceback.print_exception(e)
-    _exit_one_line(message)
+    exit_on_user_error(e, message)
   _check_config_files()
   return args
 
@@ -166,5 +161,5 @@ def _check_config_files() -> None:
     except OSError as e:
       cause = e.__cause__ or e
       last = [line.strip() for line in str(cause).splitlines() if line.strip()][-1:]
-      _exit_one_line(f"--{name}={filename}: the config file does not load ({' '.join(last)}); give an existing "
-                     f"file, e.g. --{name}=configs/argo.py")
+      exit_on_user_error(e, f"--{name}={filename}: the config file does not load ({' '.join(last)}); give an "
+                            f"existing file, e.g. --{name}=configs/argo.py")
