@@ -12,8 +12,7 @@ import os
 import jax
 import numpy as np
 
-from densetnt_jax.data.loader import ArgoverseDataset
-from densetnt_jax.data.pack import split_lmdb_path
+from densetnt_jax.data.loader import ArgoverseDataset, open_split
 from densetnt_jax.data.scene import Scene, model_inputs, to_city_frame_batch
 from densetnt_jax.data.vectorize import vectorize_csv
 from densetnt_jax.model import build_model
@@ -66,8 +65,7 @@ class Predictor:
 
   def dataset(self, split: str | None = None) -> ArgoverseDataset:
     """The config's packed split (default: val) with this model's shapes."""
-    return ArgoverseDataset(split_lmdb_path(self.config.data.lmdb_dir, split or self.config.data.val_split),
-                            self.config.data)
+    return open_split(self.config.data, split or self.config.data.val_split)
 
 
 def load(workdir, stage: str = "float", *, which: str = "best", config=None) -> Predictor:

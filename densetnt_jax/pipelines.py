@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from densetnt_jax.api import load as load_predictor
-from densetnt_jax.data.loader import ArgoverseDataset
+from densetnt_jax.data.loader import ArgoverseDataset, open_split
 from densetnt_jax.data.pack import pack_split, split_lmdb_path
 from densetnt_jax.data.real_layout import make_real_layout
 from densetnt_jax.data.synthetic import write_synthetic_city
@@ -94,7 +94,7 @@ def prepare_demo_data(config, *, num_train: int = 2000, num_val: int = 400,
   for mode in ("train", "val"):
     step(f"pack {mode} -> {split_lmdb_path(config.data.lmdb_dir, mode)}")
     print(pack_split(src, mode, config.data.lmdb_dir, config.data, num_workers=num_workers).format())
-    datasets[mode] = ArgoverseDataset(split_lmdb_path(config.data.lmdb_dir, mode), config.data)
+    datasets[mode] = open_split(config.data, mode)
   return datasets
 
 

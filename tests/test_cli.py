@@ -68,7 +68,7 @@ def _script(*args, env=None):
     (["bin/plot_metrics.py", "/nonexistent/workdir"], "/nonexistent/workdir has no <stage>/metrics.jsonl"),
     (["bin/plot_metrics.py", "/w", "--dpi=many"], "flag --dpi=many"),
     (["bin/eval.py", "--config=configs/argo.py:tiny", "--config.data.lmdb_dir=/nonexistent/lmdb",
-      "--workdir=/nonexistent/workdir"], "no packed LMDB at /nonexistent/lmdb/val_lmdb"),
+      "--workdir=/nonexistent/workdir"], "no packed 'val' split at /nonexistent/lmdb/val_lmdb: pack it first"),
     (["bin/eval.py", "--config=configs/argo.py:tiny", "--config.train.nonexistent=1"],
      "--config.train.nonexistent=1: the config has no field 'nonexistent'"),
     (["bin/eval.py", "--config=configs/argo.py:tiny", "--config.train.batchsize=3"], '"batch_size"'),

@@ -15,8 +15,8 @@ import numpy as np
 from absl import logging
 
 from densetnt_jax.api import load
-from densetnt_jax.data.loader import ArgoverseDataset
-from densetnt_jax.data.pack import error_logs, failed_sequence_ids, split_lmdb_path, split_source
+from densetnt_jax.data.loader import ArgoverseDataset, open_split
+from densetnt_jax.data.pack import error_logs, failed_sequence_ids, split_source
 from densetnt_jax.data.scene import to_city_frame_batch
 from densetnt_jax.eval.baselines import constant_velocity
 from densetnt_jax.eval.leaderboard import refuse_incomplete, source_sequence_ids, write_leaderboard_h5
@@ -110,7 +110,7 @@ def evaluate(config, workdir: str, *, stage: str = "float", split: str | None = 
   leaderboard file, refused (before any prediction where it can be told) unless it holds every sequence of
   the split's source directory (`split_sequences`)."""
   split = split or config.data.val_split
-  dataset = ArgoverseDataset(split_lmdb_path(config.data.lmdb_dir, split), config.data)
+  dataset = open_split(config.data, split)
   expected, reasons, expected_from = split_sequences(config.data, split, dataset) if write_h5 else (None, {}, None)
   predictor = load(workdir, stage=stage, which=which, config=config)
   result = evaluate_dataset(predictor, dataset, batch_size=config.train.eval_batch_size,
