@@ -9,6 +9,7 @@ error is never reported as a plain "minFDE".
 
 numpy only, below every stage that scores predictions: training validation, `bin/eval.py`, align and the ONNX
 comparisons all score through `evaluate(predict_fn, batches)`, with this one accumulator and one valid mask.
+`Agreement`: how two implementations' outputs agree element by element (align's codes, the ONNX checks).
 """
 from __future__ import annotations
 
@@ -153,3 +154,44 @@ def evaluate(predict_fn, batches, *, ks: tuple[int, ...] = (6, 1), miss_threshol
     for name, (trajs_BxKxFx2, probs_BxK) in preds.items():
       accs[name].add(gather(trajs_BxKxFx2), gather(probs_BxK), future_BxFx2, valid_N=scored_B)
   return accs
+
+
+class Agreement:
+  """Running max |diff| (in LSB with a `scale`, in float32 ulps with `ulp`) and share of bit-identical elements
+  of one output of two implementations (align's per-op codes, the ONNX checks' outputs)."""
+
+  def __init__(self, scale: float | None, ulp: bool = False):
+    self.scale, self.n, self.same, self.max_abs, self.max_lsb = scale, 0, 0, 0.0, 0.0
+    self.max_ulp = 0 if ulp else None     # float32 ulp distance (log-probs: far from 0, where ulps mean something)
+
+  def add(self, ref, got, rows=None):
+    ref, got = np.asarray(ref), np.asarray(got)
+    if rows is not None:
+      ref, got = ref[rows], got[rows]
+    if ref.dtype == bool:
+      d = (ref != got).astype(np.float64)
+    else:
+      d = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    same = (ref == got) | (np.isnan(ref) & np.isnan(got)) if ref.dtype.kind == "f" else ref == got
+    self.n += ref.size
+    self.same += int(same.sum())
+    if d.size:
+      self.max_abs = max(self.max_abs, float(np.nanmax(d)))
+      if self.scale:
+        self.max_lsb = max(self.max_lsb, float(np.nanmax(d)) / self.scale)
+      if self.max_ulp is not None:
+        self.max_ulp = max(self.max_ulp, int(np.max(np.abs(_ordered(ref) - _ordered(got)))))
+
+  def result(self) -> dict:
+    r = {"max_abs": self.max_abs, "identical": self.same / max(self.n, 1), "elements": self.n}
+    if self.scale:
+      r["max_lsb"] = self.max_lsb
+    if self.max_ulp is not None:
+      r["max_ulp"] = self.max_ulp
+    return r
+
+
+def _ordered(x: np.ndarray) -> np.ndarray:
+  """float32 bit patterns as integers in the floats' order: adjacent floats differ by 1 (an ulp)."""
+  i = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
+  return np.where(i < 0, -2**31 - i, i)

@@ -20,7 +20,7 @@ from densetnt_jax.data.loader import open_split
 from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import runner
 from densetnt_jax.metrics import TABLE_METRICS as METRICS
-from densetnt_jax.metrics import evaluate
+from densetnt_jax.metrics import Agreement, evaluate
 from densetnt_jax.model import DenseTNT, build_model
 from densetnt_jax.progress import progress_bar
 from densetnt_jax.quant import codes_by_name, run_program
@@ -29,19 +29,6 @@ from densetnt_jax.train.step import variables
 from densetnt_jax.workdir import MissingStageError, deployed_paths, load_program
 
 BOARD_BATCH = 30        # HAT's align_bpu data pipeline: batch 30, no shuffle
-
-
-class _LayerStats:
-  def __init__(self):
-    self.total = 0
-    self.same = 0
-    self.max_lsb = 0
-
-  def add(self, a: np.ndarray, b: np.ndarray) -> None:
-    diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
-    self.total += diff.size
-    self.same += int((diff == 0).sum())
-    self.max_lsb = max(self.max_lsb, int(diff.max()) if diff.size else 0)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -63,7 +50,7 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
   ("int_onnx": the export's comparison and its failures under config.export)."""
   model = build_model(config)
 
-  stats: dict[str, _LayerStats] = {}
+  stats: dict[str, Agreement] = {}
   order: list[str] = []
   missing: set[str] = set()
   n_batches = dataset.num_batches(batch_size, drop_remainder=False)
@@ -94,7 +81,7 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
       if a.shape != b.shape:
         raise ValueError(f"layer {k}: fake-quant codes have shape {a.shape}, the program's {b.shape}")
       if k not in stats:
-        stats[k] = _LayerStats()
+        stats[k] = Agreement(1.0)        # codes: one LSB is 1
         order.append(k)
       stats[k].add(a, b)
     return {"fake_quant": (pred_fq.trajs_BxKxFx2, pred_fq.probs_BxK),
@@ -105,8 +92,8 @@ def align(config, params, quant, program, dataset, *, num_batches: int = -1, bat
                   ks=(6, 1), miss_threshold=config.eval.miss_threshold, max_batches=n_batches)
   rank = {name: i for i, name in enumerate(program.code_ops())}
   order.sort(key=lambda k: rank.get(k, len(rank)))            # program (execution) order
-  layers = [{"layer": k, "identical": stats[k].same / max(stats[k].total, 1), "max_lsb": stats[k].max_lsb,
-             "elements": stats[k].total} for k in order]
+  layers = [{"layer": k, "identical": r["identical"], "max_lsb": int(r["max_lsb"]), "elements": r["elements"]}
+            for k, r in ((k, stats[k].result()) for k in order)]
   result = {"layers": layers, "fake_quant": accs["fake_quant"].result(), "int": accs["int"].result(),
             "num_sequences": accs["int"].num_sequences, "num_batches": n_batches, "batch_size": batch_size,
             "missing": sorted(missing)}

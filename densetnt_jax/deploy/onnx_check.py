@@ -28,7 +28,7 @@ from densetnt_jax.data.scene import model_inputs
 from densetnt_jax.deploy import onnx_ops as ops
 from densetnt_jax.deploy.onnx_export import OUTPUT_ROLES, export_float, export_int, export_qdq, opset_of
 from densetnt_jax.metrics import TABLE_METRICS as METRICS
-from densetnt_jax.metrics import evaluate
+from densetnt_jax.metrics import Agreement, evaluate
 from densetnt_jax.model import build_model
 from densetnt_jax.postprocess import PostprocessSettings
 from densetnt_jax.quant import calibration
@@ -122,46 +122,6 @@ def int_reference(program: Program, codes: bool = False):
 
 
 # ------------------------------------------------------------------------------------------ agreement
-class _Stats:
-  """Running max |diff|, max LSB and share of bit-identical elements of one output."""
-
-  def __init__(self, scale: float | None, ulp: bool = False):
-    self.scale, self.n, self.same, self.max_abs, self.max_lsb = scale, 0, 0, 0.0, 0.0
-    self.max_ulp = 0 if ulp else None     # float32 ulp distance (log-probs: far from 0, where ulps mean something)
-
-  def add(self, ref, got, rows=None):
-    ref, got = np.asarray(ref), np.asarray(got)
-    if rows is not None:
-      ref, got = ref[rows], got[rows]
-    if ref.dtype == bool:
-      d = (ref != got).astype(np.float64)
-    else:
-      d = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    same = (ref == got) | (np.isnan(ref) & np.isnan(got)) if ref.dtype.kind == "f" else ref == got
-    self.n += ref.size
-    self.same += int(same.sum())
-    if d.size:
-      self.max_abs = max(self.max_abs, float(np.nanmax(d)))
-      if self.scale:
-        self.max_lsb = max(self.max_lsb, float(np.nanmax(d)) / self.scale)
-      if self.max_ulp is not None:
-        self.max_ulp = max(self.max_ulp, int(np.max(np.abs(_ordered(ref) - _ordered(got)))))
-
-  def result(self) -> dict:
-    r = {"max_abs": self.max_abs, "identical": self.same / max(self.n, 1), "elements": self.n}
-    if self.scale:
-      r["max_lsb"] = self.max_lsb
-    if self.max_ulp is not None:
-      r["max_ulp"] = self.max_ulp
-    return r
-
-
-def _ordered(x: np.ndarray) -> np.ndarray:
-  """float32 bit patterns as integers in the floats' order: adjacent floats differ by 1 (an ulp)."""
-  i = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
-  return np.where(i < 0, -2**31 - i, i)
-
-
 def output_scales(program: Program) -> dict:
   """LSB of each output for the QDQ bar: the dequantized outputs' scales; a float output's from its kind's
   `OnnxOpDef.lsb` (the log-probs: the goal scores' scale, also through the top-k gather)."""
@@ -184,7 +144,7 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
   per-op codes, compared with the session's `codes/<op>` outputs. postprocess=PostprocessSettings and
   batches carrying labels (future_Fx2, has_future, seq_id): end metrics of both after the host NMS."""
   scales = scales or {}
-  stats = {r: _Stats(scales.get(r), ulp=r in LOGPROB_ROLES) for r in OUTPUT_ROLES}
+  stats = {r: Agreement(scales.get(r), ulp=r in LOGPROB_ROLES) for r in OUTPUT_ROLES}
   code_stats: dict = {}
   rows_total = rows_same = 0
   seconds = 0.0
@@ -208,7 +168,7 @@ def compare_batches(session, batches, reference, *, scales: dict | None = None, 
       stats[r].add(ref[r], got[r], agree)
     if codes:
       for name, v in ref_codes.items():
-        code_stats.setdefault(name, _Stats(1.0)).add(v, got[f"codes/{name}"])
+        code_stats.setdefault(name, Agreement(1.0)).add(v, got[f"codes/{name}"])
     if postprocess is None or "future_Fx2" not in inputs:
       return {}
     return {k: (pred.trajs_BxKxFx2, pred.probs_BxK)
