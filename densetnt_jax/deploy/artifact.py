@@ -376,7 +376,8 @@ def _kind_schema(d: OpDef) -> dict:
   if d.per_input_requant:
     consts["patternProperties"] = {r"^[0-9]{1,3}_(mult|shift|pre)$": _STR}
   count = {"minItems": d.inputs, "maxItems": d.inputs} if d.inputs else {"minItems": 1}
-  return {"properties": {"inputs": count, "attrs": _obj({a: _ATTRS[a] for a in d.attrs}), "consts": consts}}
+  attrs = _obj({a: _ATTRS.get(a, {}) for a in d.attrs})   # an attr not typed here: the checker traces the kernel
+  return {"properties": {"inputs": count, "attrs": attrs, "consts": consts}}
 
 
 _OP = _obj({"name": {"type": "string", "minLength": 1, "maxLength": 256}, "kind": {"enum": sorted(OPS)},
