@@ -347,7 +347,8 @@ def test_fuzz_every_mutation_is_refused_or_runs(small, tmp_path):
 
 def test_the_recorded_target_is_the_one_checked(small, tmp_path):
   """The header's target, not the runtime's configs, decides: a target with 100-byte tensors refuses the program
-  naming the layer and rule; a target promising int64 accumulators is refused (this runtime's are int32)."""
+  naming the layer and rule; a target promising int64 accumulators is refused (this runtime's are int32); one
+  with 2^40-bit LUT entries loads (the LUT rule compares bit lengths: 2**(2**40) never ended)."""
   program, _, _ = small
   default = artifact.default_target()
   path = tmp_path / "model.dtnt"
@@ -359,6 +360,8 @@ def test_the_recorded_target_is_the_one_checked(small, tmp_path):
   with pytest.raises(artifact.ArtifactError, match="header target.accumulator_bits: 64; this runtime's kernels are "
                      "exact up to 32"):
     artifact.read(str(path), key=b"")
+  path.write_bytes(artifact.to_bytes(program, target=default.replace(lut_entry_bits=2**40), key=b""))
+  assert artifact.read(str(path), key=b"")[1]["target"]["lut_entry_bits"] == 2**40
 
 
 # ------------------------------------------------------------------------------------------- keyed signature

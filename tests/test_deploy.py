@@ -332,6 +332,34 @@ def _batch_slice(header, blob):
   return blob
 
 
+def _huge_slice(header, blob):
+  op = _first_op(header, "index")
+  op["attrs"]["index"] = [{"slice": [0, 10**30, None]}] + [i for i in op["attrs"]["index"] if i != "..."] + ["..."]
+  return blob
+
+
+def _in_bits_short(header, blob):
+  _first_op(header, "relu")["attrs"]["in_bits"] = []
+  return blob
+
+
+def _newline_input(header, blob):
+  name = next(iter(header["inputs"]))
+  header["inputs"] = {(k + "\n" if k == name else k): v for k, v in header["inputs"].items()}
+  return blob
+
+
+def _stray_concat_const(header, blob):
+  op = _first_op(header, "concat")
+  op["consts"]["7_pre"] = op["consts"]["0_pre"]
+  return blob
+
+
+def _huge_int_threshold(header, blob):
+  header["meta"]["threshold"] = 10**300
+  return blob
+
+
 def _matmul_k(header, blob):
   op = _first_op(header, "matmul")
   op["attrs"]["k"] -= 1                 # the checker would bound a shorter sum than the kernel computes
@@ -371,6 +399,14 @@ CORRUPT = {
     "unknown-kind": (lambda d: _rebuild(d, _unknown_kind), r"ops\[\d+\]\.kind: 'gelu' is not one of \['add', "),
     "bits-3": (lambda d: _rebuild(d, _bits_3), r"ops\[\d+\]\.bits: 3 is not one of \[0, 8, 16\]"),
     "bits-float": (lambda d: _rebuild(d, _bits_float), r"ops\[\d+\]\.bits: expected integer, got float 8\.0"),
+    "huge-slice": (lambda d: _rebuild(d, _huge_slice), r"attrs\.index\[0\]: \{'slice': \[0, 10{30}, None\]\} is "
+                   r"not valid under any of the given schemas"),
+    "in-bits-short": (lambda d: _rebuild(d, _in_bits_short), r"ops\[\d+\]\.attrs\.in_bits: \[\]: one width per input"),
+    "newline-input": (lambda d: _rebuild(d, _newline_input), r"header inputs: 'inputs/\w+\\n' does not match"),
+    "stray-concat-const": (lambda d: _rebuild(d, _stray_concat_const), r"ops\[\d+\]\.consts: missing \[\], unknown "
+                           r"\['7_pre'\] for a concat op of 2 inputs"),
+    "huge-int-number": (lambda d: _rebuild(d, _huge_int_threshold), r"meta\.threshold: 10+\.\.\.0+ is above the "
+                        r"maximum 9007199254740992"),
     "missing-const": (lambda d: _rebuild(d, _missing_const), r"ops\[\d+\]\.consts: 'mult' is a required property"),
     "deep-json": (lambda d: _retext(d, lambda t: t.replace(b'"info":{', b'"info":' + b"[" * 10**5 + b"]" * 10**5
                                                            + b',"x":{')), r"corrupt header JSON \(RecursionError"),

@@ -143,7 +143,8 @@ def test_meta_garbage_foreign_keys_and_old_format_name_the_lmdb(packed, config, 
   cases = [
       (META_KEY, b"\xff\x00 not json", "__meta__ is not JSON"),
       (META_KEY, b"[1, 2]", "not the packer's settings object"),
-      (META_KEY, json.dumps({**meta, "format_version": 1}).encode(), "holds records of format 1, this code reads and writes format 2.*re-pack"),
+      (META_KEY, json.dumps({**meta, "format_version": 1}).encode(),
+       "holds records of format 1, this code reads and writes format 2.*re-pack"),
       (b"abc", b"x", r"key b'abc' is not a zero-padded sequence id"),
       (b"0042", b"x", r"key b'0042' is not a zero-padded sequence id"),
       (b"99999999999999999999", b"x", "is not a zero-padded sequence id"),
@@ -160,7 +161,8 @@ def test_meta_garbage_foreign_keys_and_old_format_name_the_lmdb(packed, config, 
   old = tmp_path / "old"
   shutil.copytree(path, old / "val_lmdb")
   _put(str(old / "val_lmdb"), META_KEY, json.dumps({**meta, "format_version": 1}).encode())
-  with pytest.raises(RecordError, match="format 1, this code reads and writes format 2 .*: re-pack it with bin/argoverse_packer.py into a new"):
+  with pytest.raises(RecordError, match="format 1, this code reads and writes format 2 .*: re-pack it with "
+                                        "bin/argoverse_packer.py into a new"):
     pack_split(src, "val", old, config.data, progress=False)
 
 

@@ -119,7 +119,7 @@ def error_log_path(target_dir, mode: str, shard_index: int = 0, num_shards: int 
 
 def error_logs(target_dir, mode: str) -> list[str]:
   """Every shard's failures-and-warnings log of a split's pack (`error_log_path`)."""
-  return sorted(glob.glob(os.path.join(str(target_dir), f"{mode}_pack_errors*.log")))
+  return sorted(glob.glob(os.path.join(glob.escape(str(target_dir)), f"{glob.escape(mode)}_pack_errors*.log")))
 
 
 def failed_sequence_ids(logs: list[str]) -> set[int]:

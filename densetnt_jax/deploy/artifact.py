@@ -24,10 +24,10 @@ Reading trusts nothing in the file and refuses with one `ArtifactError` line say
 a non-regular file (a FIFO is never opened for reading) or one over `max_nbytes`; the prefix (magic, version,
 flags, the file length against the file system's); the SHA-256 checksum and, with a key, the signature, before
 any JSON is parsed; the JSON (depth, number sizes, NaN, duplicate keys); the header's JSON Schema and where its
-arrays lie (`_check_header`); the checker (`checker.check_program`) against the recorded target, whose operands
-rule traces every op through the interpreter's kernels at any batch (`jax.eval_shape`, nothing runs); last the
-outputs through the host epilogue, abstractly too. Writing is deterministic: the same program (and key) gives
-the same bytes.
+arrays lie (`_check_header`); the LUTs' values against this runtime's (`program_from`); the checker
+(`checker.check_program`) against the recorded target, whose operands rule traces every op through the
+interpreter's kernels at any batch (`jax.eval_shape`, nothing runs); last the outputs through the host
+epilogue, abstractly too. Writing is deterministic: the same program (and key) gives the same bytes.
 
 Keyed signature (origin, not only integrity; off by default). The SHA-256 checksum proves the bytes are the
 ones written, not who wrote them: anyone can edit a header and recompute it. Set DENSETNT_ARTIFACT_KEY (any
@@ -354,12 +354,14 @@ def _list(items: dict, lo: int = 0, hi: int = MAX_RANK, **more) -> dict:
   return {"type": "array", "items": items, "minItems": lo, "maxItems": hi, **more}
 
 
-_NUMBER = {"type": "number", "minimum": -_FLOAT_MAX, "maximum": _FLOAT_MAX}   # a 4,300-digit int is no float
+_NUMBER = {"type": "number", "minimum": -_FLOAT_MAX, "maximum": _FLOAT_MAX,   # a 4,300-digit int is no float,
+           "if": {"type": "integer"}, "then": _int(-2**53, 2**53)}           # nor one a float holds inexactly
 _STR = {"type": "string"}
+_END = r"(?![\s\S])"          # a pattern's end: "$" (Python's re.search) also matches before a final newline
 _SHAPE = _list(_int())
 _BATCH_SHAPE = _list(_int(), lo=1, prefixItems=[{"type": "null"}])    # axis 0: the symbolic batch
-_SLICE = _list({"type": ["integer", "null"], "minimum": -MAX_DIM, "maximum": MAX_DIM}, 3, 3,
-               prefixItems=[{}, {}, {"not": {"const": 0}}])        # [start, stop, step], step not 0
+_BOUND = {"type": ["integer", "null"], "minimum": -MAX_DIM, "maximum": MAX_DIM}
+_SLICE = _list(False, 3, 3, prefixItems=[_BOUND, _BOUND, {**_BOUND, "not": {"const": 0}}])   # [start, stop, step]
 _INDEX = _list({"anyOf": [{"const": "..."}, {"type": "null"}, _int(-MAX_DIM, MAX_DIM), _obj({"slice": _SLICE})]},
                contains={"const": "..."}, minContains=0, maxContains=1)   # program.encode_index
 _ATTRS = {"in_bits": _list({"type": "integer", "enum": list(CODE_BITS)}, hi=MAX_DIM), "eps": _NUMBER,
@@ -374,8 +376,8 @@ def _kind_schema(d: OpDef) -> dict:
   consts = {"type": "object", "required": list(d.consts), "additionalProperties": False,
             "properties": dict.fromkeys(d.consts + ("scale",), _STR)}
   if d.per_input_requant:
-    consts["patternProperties"] = {r"^[0-9]{1,3}_(mult|shift|pre)$": _STR}
-  count = {"minItems": d.inputs, "maxItems": d.inputs} if d.inputs else {"minItems": 1}
+    consts["patternProperties"] = {rf"^[0-9]{{1,3}}_(mult|shift|pre){_END}": _STR}
+  count = {"minItems": d.inputs, "maxItems": d.inputs} if d.inputs is not None else {"minItems": 1}
   attrs = _obj({a: _ATTRS.get(a, {}) for a in d.attrs})   # an attr not typed here: the checker traces the kernel
   return {"properties": {"inputs": count, "attrs": attrs, "consts": consts}}
 
@@ -395,8 +397,8 @@ HEADER_SCHEMA = _obj({
     "format": {"const": "densetnt-int-artifact"}, "version": {"const": VERSION},
     "program_format": {"const": PROGRAM_FORMAT}, "blob_offset": _int(0, 2**63), "blob_nbytes": _int(0, 2**63),
     "meta": _obj({"threshold": _NUMBER, "mode_num": _int(*POSTPROCESS_LIMITS["mode_num"])},
-                 {"postprocess": _obj({}, _POSTPROCESS), "record_batch": _int(1)}),
-    "inputs": {"type": "object", "propertyNames": {"pattern": r"^inputs/[A-Za-z0-9_]{1,64}$"},   # <field>.npy
+                 {"postprocess": {**_obj({}, _POSTPROCESS), "type": ["object", "null"]}, "record_batch": _int(1)}),
+    "inputs": {"type": "object", "propertyNames": {"pattern": rf"^inputs/[A-Za-z0-9_]{{1,64}}{_END}"},  # <field>.npy
                "additionalProperties": _list({}, 2, 2, prefixItems=[_BATCH_SHAPE, {"enum": list(INPUT_DTYPES)}])},
     "outputs": {"type": "object", "additionalProperties": _STR}, "ops": _list(_OP, hi=MAX_DIM),
     "luts": _obj(dict.fromkeys(LUTS, _STR)), "info": {"type": "object"}, "target": _TARGET,
@@ -451,6 +453,14 @@ def _check_header(h, where: str, header_end: int, body_end: int) -> None:
   for (_, end, k0), (off, _, k1) in zip(spans, spans[1:]):
     if off < end:                       # one region read as many arrays would multiply the memory a file costs
       fail(f"arrays[{_short.repr(k1)}].offset", f"overlaps array {_short.repr(k0)}")
+  for i, d in enumerate(h["ops"]):
+    need = set(OPS[d["kind"]].consts_for(len(d["inputs"])))
+    missing, unknown = need - set(d["consts"]), set(d["consts"]) - need - {"scale"}
+    if missing or unknown:
+      fail(f"ops[{i}].consts", f"missing {_short.repr(sorted(missing))}, unknown {_short.repr(sorted(unknown))} for a "
+           f"{d['kind']} op of {len(d['inputs'])} inputs")
+    if len(d["attrs"].get("in_bits", d["inputs"])) != len(d["inputs"]):
+      fail(f"ops[{i}].attrs.in_bits", f"{d['attrs']['in_bits']}: one width per input ({len(d['inputs'])})")
   named = [(f"luts.{t}", t, k) for t, k in h["luts"].items()] + \
       [(f"ops[{i}].consts.{c}", c, k) for i, d in enumerate(h["ops"]) for c, k in d["consts"].items()]
   for at, name, k in named:

@@ -443,7 +443,7 @@ def rule_lut(c: OpUnderCheck) -> None:
   spec = c.spec
   for table in _def(c.op).luts:
     t = np.asarray(getattr(A, table))
-    if t.size > spec.max_lut_entries or t.min() < 0 or t.max() >= 2**spec.lut_entry_bits:
+    if t.size > spec.max_lut_entries or t.min() < 0 or int(t.max()).bit_length() > spec.lut_entry_bits:
       c.violation("lut", f"{table} has {t.size} entries in [{int(t.min())}, {int(t.max())}]; the target "
                   f"holds {spec.max_lut_entries} unsigned {spec.lut_entry_bits}-bit entries")
 

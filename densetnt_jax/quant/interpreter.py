@@ -6,7 +6,8 @@ Every kernel is the `arith` function the fake-quant form runs, with the program'
 with the fake-quant model bit for bit; integer ops are exact, so results do not depend on the batch size.
 The float epilogue (log-softmax of the dequantized scores, NMS) matches a jitted fake-quant predict bit for
 bit too; against an eager (unjitted) apply the log-probs may differ by an ulp (measured 7.6e-6 at -105).
-One jit per (program structure, return_codes, input shapes); constants are arguments, not baked in.
+One jitted kernel per segment (`_plan`), shared by every program whose segment is the same; constants are
+arguments, not baked in.
 """
 from __future__ import annotations
 
