@@ -407,7 +407,7 @@ CORRUPT = {
                            r"\['7_pre'\] for a concat op of 2 inputs"),
     "huge-int-number": (lambda d: _rebuild(d, _huge_int_threshold), r"meta\.threshold: 10+\.\.\.0+ is above the "
                         r"maximum 9007199254740992"),
-    "missing-const": (lambda d: _rebuild(d, _missing_const), r"ops\[\d+\]\.consts: 'mult' is a required property"),
+    "missing-const": (lambda d: _rebuild(d, _missing_const), r"ops\[\d+\]\.consts: missing \['mult'\], unknown \[\] for a dense op"),
     "deep-json": (lambda d: _retext(d, lambda t: t.replace(b'"info":{', b'"info":' + b"[" * 10**5 + b"]" * 10**5
                                                            + b',"x":{')), r"corrupt header JSON \(RecursionError"),
     "huge-number": (lambda d: _retext(d, lambda t: t.replace(b'"version":2', b'"version":' + b"9" * 5000)),

@@ -371,21 +371,17 @@ _ATTRS = {"in_bits": _list({"type": "integer", "enum": list(CODE_BITS)}, hi=MAX_
 
 
 def _kind_schema(d: OpDef) -> dict:
-  """What an op of kind `d` holds: its inputs' count, its attrs, its constants (`scale` too where an output or
-  quantize needs it; a requant triple per input for concat) as array keys."""
-  consts = {"type": "object", "required": list(d.consts), "additionalProperties": False,
-            "properties": dict.fromkeys(d.consts + ("scale",), _STR)}
-  if d.per_input_requant:
-    consts["patternProperties"] = {rf"^[0-9]{{1,3}}_(mult|shift|pre){_END}": _STR}
+  """What an op of kind `d` holds: its inputs' count and its attrs. (Its constants depend on the inputs' count
+  too, concat's one requant triple per input: `_check_header` compares them with `OpDef.consts_for`.)"""
   count = {"minItems": d.inputs, "maxItems": d.inputs} if d.inputs is not None else {"minItems": 1}
   attrs = _obj({a: _ATTRS.get(a, {}) for a in d.attrs})   # an attr not typed here: the checker traces the kernel
-  return {"properties": {"inputs": count, "attrs": attrs, "consts": consts}}
+  return {"properties": {"inputs": count, "attrs": attrs}}
 
 
 _OP = _obj({"name": {"type": "string", "minLength": 1, "maxLength": 256}, "kind": {"enum": sorted(OPS)},
             "inputs": _list(_STR, hi=MAX_DIM), "shape": _BATCH_SHAPE, "dtype": {"enum": list(OP_DTYPES)},
             "bits": {"type": "integer", "enum": list(CODE_BITS)}, "scale": {**_NUMBER, "type": ["number", "null"]},
-            "attrs": {"type": "object"}, "consts": {"type": "object"}})
+            "attrs": {"type": "object"}, "consts": {"type": "object", "additionalProperties": _STR}})   # array keys
 _POSTPROCESS = {f.name: {"str": _STR, "int": _int(*POSTPROCESS_LIMITS.get(f.name, (0, MAX_DIM)))}.get(f.type, _NUMBER)
                 for f in dataclasses.fields(PostprocessSettings)}
 _TARGET_TYPES = {"str": _STR, "float": _NUMBER, "tuple": _list(_STR, hi=MAX_DIM),

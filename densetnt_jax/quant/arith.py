@@ -394,7 +394,7 @@ def masked_max(x_q: jax.Array, mask: jax.Array, axis: int = -2) -> jax.Array:
 
 
 def _lowest(x):
-  """The fill a masked max or top-k gives masked entries: INT32_MIN on codes, the lowest float32 on floats."""
+  """The fill a masked max gives masked entries: INT32_MIN on codes, the lowest float32 on floats."""
   return np.finfo(np.float32).min if np.dtype(x.dtype).kind == "f" else INT32_MIN
 
 

@@ -276,11 +276,12 @@ def convert(model, params, quant_state: dict, example_inputs: dict, config=None)
   meta = {"threshold": float(post.threshold), "mode_num": int(post.mode_num), "postprocess": post.to_dict(),
           "record_batch": RECORD_BATCH}
   prog = Program(prog_inputs, ops, dict(rec.outputs), meta)
-  for o in ops:                             # a code concatenation (P.join) needs one scale on every input
-    problems = op_def(o.kind).attr_problems(o, None) if op_def(o.kind).attr_problems else []
+  for o in ops:
+    d = op_def(o.kind)
+    problems = d.attr_problems(o, None) if d.attr_problems else []
     if problems:
       raise ValueError(f"convert: {o.name}: {'; '.join(problems)}")
-    if op_def(o.kind).joins_codes and o.bits and len({float(scales[i]) for i in o.inputs}) != 1:
+    if d.joins_codes and o.bits and len({float(scales[i]) for i in o.inputs}) != 1:   # P.join: one scale
       raise ValueError(f"convert: {o.name} concatenates codes of different scales "
                        f"{[float(scales[i]) for i in o.inputs]}: join tensors of one quantization point only")
   for name, bound in prog.accumulator_bounds().items():
